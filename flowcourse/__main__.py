@@ -1,0 +1,5 @@
+import sys
+
+from flowcourse.cli import main
+
+sys.exit(main())

@@ -1,0 +1,125 @@
+"""Executing the course's notebooks the same way every time, and checking their hygiene.
+
+``python -m flowcourse execute [paths]`` re-runs notebooks from a fresh kernel and stores
+their outputs in place; the same hygiene rules are checked by the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+__all__ = ["Timing", "execute", "find_notebooks", "hygiene_problems", "KERNEL"]
+
+KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+WARNING_MARKERS = ("Warning:", "WARNING", "warnings.warn")
+
+
+@dataclass
+class Timing:
+    """Wall and CPU seconds of one notebook run (CPU includes the kernel's children)."""
+
+    path: Path
+    wall: float
+    cpu: float
+
+
+def find_notebooks(paths: list[str | Path]) -> list[Path]:
+    """Expand folders into their ``*.ipynb`` files, sorted; keep files as given."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found.extend(sorted(p.glob("*.ipynb")))
+        elif p.suffix == ".ipynb" and p.exists():
+            found.append(p)
+        else:
+            raise FileNotFoundError(f"expected a notebook (.ipynb) or a folder of them, got {p}")
+    return found
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timing:
+    """Run a notebook top to bottom in a fresh ``python3`` kernel; store outputs in place.
+
+    Cells tagged ``raises-exception`` may fail; any other error stops the run. The kernel
+    inherits this process's environment (``PYTHONHASHSEED`` is fixed for reproducibility).
+    """
+    import nbclient
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["kernelspec"] = dict(KERNEL)
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    client = nbclient.NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent.resolve())}},
+        record_timing=False,
+    )
+    cpu0, t0 = _children_cpu(), time.perf_counter()
+    client.execute()
+    wall = time.perf_counter() - t0
+    cpu = _children_cpu() - cpu0
+    if write:
+        nbformat.write(nb, path)
+    return Timing(path, wall, cpu)
+
+
+def hygiene_problems(path: str | Path, *, executed: bool = True) -> list[str]:
+    """What is wrong with a stored notebook; an empty list when nothing is.
+
+    ``executed=True`` (notebooks/, solutions/): every code cell ran once, in order, from a
+    fresh kernel; kernelspec python3; no warnings on stderr; errors only in cells tagged
+    ``raises-exception``. ``executed=False`` (exercises/): no outputs at all.
+    """
+    path = Path(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as exc:  # a broken file is a finding, not a crash
+        return [f"{path}: not a readable notebook ({exc})"]
+    problems = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if not executed:
+        for i, cell in enumerate(code, 1):
+            if cell.get("outputs") or cell.get("execution_count") is not None:
+                problems.append(f"{path}: code cell {i} has stored outputs (exercises ship clean)")
+        return problems
+    counts = [c.get("execution_count") for c in code]
+    if any(c is None for c in counts):
+        never = [i for i, c in enumerate(counts, 1) if c is None]
+        problems.append(f"{path}: code cells {never} were never executed")
+    elif counts != list(range(1, len(counts) + 1)):
+        problems.append(
+            f"{path}: execution counts {counts} are not 1..{len(counts)}: "
+            "re-run it from a fresh kernel with `make execute NB=...`"
+        )
+    name = nb.metadata.get("kernelspec", {}).get("name")
+    if name != "python3":
+        problems.append(f"{path}: kernelspec is {name!r}, expected 'python3'")
+    for i, cell in enumerate(code, 1):
+        tags = cell.metadata.get("tags", [])
+        for out in cell.get("outputs", []):
+            if out.output_type == "error" and "raises-exception" not in tags:
+                problems.append(
+                    f"{path}: code cell {i} stored an error ({out.ename}) but is not "
+                    "tagged raises-exception"
+                )
+            if out.output_type == "stream" and out.name == "stderr":
+                if any(m in out.text for m in WARNING_MARKERS):
+                    first = out.text.strip().splitlines()[0][:120]
+                    problems.append(f"{path}: code cell {i} stored a warning: {first}")
+        if "raises-exception" in tags and not any(
+            o.output_type == "error" for o in cell.get("outputs", [])
+        ):
+            problems.append(f"{path}: code cell {i} is tagged raises-exception but raised nothing")
+    return problems

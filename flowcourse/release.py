@@ -1,0 +1,111 @@
+"""Build student exercises from the solution notebooks: one source, never drifting.
+
+In ``solutions/NN_name.ipynb`` the code a student writes sits between the nbgrader markers::
+
+    ### BEGIN SOLUTION
+    ### HINT: what to remember (optional, shown in the stub)
+    ...the solution...
+    ### END SOLUTION
+
+``python -m flowcourse release`` writes ``exercises/NN_name.ipynb`` with each region replaced
+by a stub that raises ``NotImplementedError``, all outputs cleared and everything else
+identical. ``--check`` exits 1 when ``exercises/`` differs from what would be written.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import nbformat
+
+__all__ = ["NOT_IMPLEMENTED", "strip_solutions", "release_notebook", "main"]
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
+END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
+HINT = re.compile(r"^[ \t]*### HINT:[ \t]*(?P<text>.*)$")
+NOT_IMPLEMENTED = "not implemented yet"
+
+
+def strip_solutions(source: str, where: str = "") -> str:
+    """Replace every marked solution region of one cell's source by a stub.
+
+    Raises ValueError on unbalanced markers, so a typo never leaks a solution.
+    """
+    out: list[str] = []
+    lines = source.splitlines()
+    i = 0
+    while i < len(lines):
+        begin = BEGIN.match(lines[i])
+        if END.match(lines[i]):
+            raise ValueError(f"{where}: '### END SOLUTION' without a BEGIN (line {i + 1})")
+        if not begin:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, hints = begin["indent"], []
+        j = i + 1
+        while j < len(lines) and not END.match(lines[j]):
+            if BEGIN.match(lines[j]):
+                raise ValueError(f"{where}: nested '### BEGIN SOLUTION' (line {j + 1})")
+            hint = HINT.match(lines[j])
+            if hint:
+                hints.append(hint["text"].strip())
+            j += 1
+        if j == len(lines):
+            raise ValueError(f"{where}: '### BEGIN SOLUTION' (line {i + 1}) is never ended")
+        message = NOT_IMPLEMENTED.capitalize()
+        if hints:
+            message += ". Hint: " + " ".join(hints)
+        out.append(f"{indent}# YOUR CODE HERE")
+        out.append(f"{indent}raise NotImplementedError({message!r})")
+        i = j + 1
+    return "\n".join(out)
+
+
+def release_notebook(solution: nbformat.NotebookNode, where: str = "") -> nbformat.NotebookNode:
+    """The student version of a solution notebook: stubs in, outputs out."""
+    nb = copy.deepcopy(solution)
+    nb.metadata.pop("widgets", None)
+    for k, cell in enumerate(nb.cells):
+        if cell.cell_type == "code":
+            cell.source = strip_solutions(cell.source, f"{where} cell {k}")
+            cell.outputs = []
+            cell.execution_count = None
+        elif "### BEGIN SOLUTION" in cell.source:
+            cell.source = strip_solutions(cell.source, f"{where} cell {k}")
+    return nb
+
+
+def _expected(source: Path, target: Path) -> dict[Path, str]:
+    files = {}
+    for path in sorted(source.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        files[target / path.name] = nbformat.writes(release_notebook(nb, str(path))) + "\n"
+    return files
+
+
+def main(check: bool = False, source: str = "solutions", target: str = "exercises") -> int:
+    """Write (or with ``check``, compare) ``target/`` from ``source/``. Returns an exit code."""
+    src, dst = Path(source), Path(target)
+    expected = _expected(src, dst)
+    stale = [p for p, text in expected.items() if not p.exists() or p.read_text() != text]
+    orphans = [p for p in sorted(dst.glob("*.ipynb")) if p not in expected]
+    if check:
+        for p in stale:
+            print(f"stale: {p} differs from what `flowcourse release` builds from {src / p.name}")
+        for p in orphans:
+            print(f"orphan: {p} has no solution notebook in {src}/")
+        if stale or orphans:
+            print("Run `make release` (python -m flowcourse release) and commit exercises/.")
+            return 1
+        print(f"exercises up to date: {len(expected)} notebook(s) built from {src}/")
+        return 0
+    dst.mkdir(parents=True, exist_ok=True)
+    for p, text in expected.items():
+        p.write_text(text)
+    for p in orphans:
+        p.unlink()
+    print(f"wrote {len(expected)} exercise notebook(s) to {dst}/, removed {len(orphans)} orphan(s)")
+    return 0
