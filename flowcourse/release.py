@@ -55,7 +55,7 @@ def strip_solutions(source: str, where: str = "") -> str:
             j += 1
         if j == len(lines):
             raise ValueError(f"{where}: '### BEGIN SOLUTION' (line {i + 1}) is never ended")
-        message = NOT_IMPLEMENTED.capitalize()
+        message = f"This task is {NOT_IMPLEMENTED}: replace this line with your code"
         if hints:
             message += ". Hint: " + " ".join(hints)
         out.append(f"{indent}# YOUR CODE HERE")

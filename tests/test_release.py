@@ -1,0 +1,76 @@
+"""Exercises are built from solutions: stubs replace the marked code, nothing else changes."""
+
+import nbformat
+import pytest
+
+from flowcourse.release import main, release_notebook, strip_solutions
+
+SOLVED = """def log_det(x):
+    ### BEGIN SOLUTION
+    ### HINT: sum over dimensions
+    return x.sum(-1)
+    ### END SOLUTION
+
+print("kept")"""
+
+
+def test_stub_replaces_the_region_keeps_indent_hint_and_the_rest():
+    out = strip_solutions(SOLVED)
+    assert "x.sum(-1)" not in out and "BEGIN SOLUTION" not in out
+    assert "    # YOUR CODE HERE\n    raise NotImplementedError(" in out
+    assert "Hint: sum over dimensions" in out
+    assert out.startswith("def log_det(x):") and out.endswith('print("kept")')
+    namespace = {}
+    exec(out, namespace)  # the stub is valid Python and fails with the agreed message
+    with pytest.raises(NotImplementedError, match="not implemented yet"):
+        namespace["log_det"](1)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ("### BEGIN SOLUTION\nx = 1", "never ended"),
+        ("x = 1\n### END SOLUTION", "without a BEGIN"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION", "nested"),
+    ],
+)
+def test_unbalanced_markers_are_refused_so_no_solution_leaks(source, problem):
+    with pytest.raises(ValueError, match=problem):
+        strip_solutions(source, "nb.ipynb")
+
+
+def _solution_notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"state": {}}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Task"),
+        nbformat.v4.new_code_cell(SOLVED, execution_count=1),
+        nbformat.v4.new_code_cell("print(2)", execution_count=2),
+    ]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="2\n")]
+    return nb
+
+
+def test_release_clears_outputs_and_keeps_everything_else():
+    solution = _solution_notebook()
+    exercise = release_notebook(solution)
+    assert [c.cell_type for c in exercise.cells] == [c.cell_type for c in solution.cells]
+    assert [c.get("id") for c in exercise.cells] == [c.get("id") for c in solution.cells]
+    assert all(c.outputs == [] and c.execution_count is None for c in exercise.cells[1:])
+    assert exercise.cells[2].source == "print(2)" and "widgets" not in exercise.metadata
+    assert solution.cells[2].outputs, "the solution notebook itself must not be modified"
+
+
+def test_check_reports_stale_and_orphan_exercises(tmp_path, capsys):
+    src, dst = tmp_path / "solutions", tmp_path / "exercises"
+    src.mkdir()
+    nbformat.write(_solution_notebook(), src / "01_task.ipynb")
+    assert main(check=True, source=str(src), target=str(dst)) == 1
+    assert "stale" in capsys.readouterr().out
+    assert main(source=str(src), target=str(dst)) == 0
+    assert main(check=True, source=str(src), target=str(dst)) == 0
+    (dst / "01_task.ipynb").write_text((dst / "01_task.ipynb").read_text().replace("kept", "edit"))
+    (dst / "99_orphan.ipynb").write_text("{}")
+    assert main(check=True, source=str(src), target=str(dst)) == 1
+    out = capsys.readouterr().out
+    assert "stale: " in out and "orphan: " in out
