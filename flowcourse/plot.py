@@ -200,7 +200,11 @@ def warps(
         if bounds is not None:
             (x0, x1), (y0, y1) = _check_bounds(bounds)
             ax.set(xlim=(x0, x1), ylim=(y0, y1))
-        ax.set_aspect("equal", adjustable="datalim")
+            # Fixed limits: the box adapts. Adapting the data limits instead would override
+            # them and make matplotlib warn ("Ignoring fixed x limits ...") when drawing.
+            ax.set_aspect("equal", adjustable="box")
+        else:
+            ax.set_aspect("equal", adjustable="datalim")
         ax.set(title=name, xlabel="dim 1", ylabel="dim 2")
     fig.suptitle(suptitle)
     fig.tight_layout()

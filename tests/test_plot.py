@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")  # this test process only: no windows, no display needed
@@ -96,6 +99,19 @@ def test_warps_and_grid_warp():
     assert len(fig.axes[0].collections) == 2
     with pytest.raises(ValueError, match="same resolution as grid_lines"):
         plot.grid_warp([grid], resolution=30)
+
+
+def test_warps_keeps_given_bounds_without_warnings(caplog):
+    z = torch.randn(300, 2)
+    fig = plot.warps([z, 3 * z], bounds=((-2.0, 2.0), (-1.0, 1.0)))
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+        warnings.simplefilter("error")
+        fig.canvas.draw()
+    # matplotlib logs "Ignoring fixed x limits ..." (stderr in a notebook) when the aspect
+    # adjusts data limits that were fixed by hand.
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+    for ax in fig.axes:
+        assert ax.get_xlim() == (-2.0, 2.0) and ax.get_ylim() == (-1.0, 1.0)
 
 
 def test_training_curves():
