@@ -302,10 +302,15 @@ def _raise_non_finite(
         message += f" Parameters holding nan or inf: {', '.join(bad_values)}."
         names = list(dict.fromkeys(names + bad_values))
     elif not gradients:
-        message += " All parameters are finite, so the computation itself overflowed."
+        message += (
+            " All parameters are finite, so the forward computation produced it: an overflow, "
+            "or a function used outside its domain."
+        )
     message += (
         " Training stopped before the optimizer step. Common causes: a learning rate too large, "
-        "exp() of a large scale, log of 0; try a smaller lr, grad_clip=..., or check the data."
+        "exp() of a large scale, log of 0 or of a negative number (e.g. log(scale) with a scale "
+        "that crossed zero: parametrise it as exp(log_scale)); try a smaller lr, "
+        "grad_clip=..., or check the data."
     )
     raise NonFiniteError(message, step, loss_value, names, history)
 
