@@ -61,8 +61,15 @@ release: venv
 doctor: venv
 	$(BIN)/python -m flowcourse doctor
 
-bench: venv
-	$(BIN)/python -m benchmarks
+# make bench [BENCH_ARGS="--only realnvp --seeds 0 1 2"]; see python -m benchmarks --help.
+# zuko and normflows (requirements-bench.txt) are benchmark-only extras, not course dependencies.
+BENCH_ARGS ?=
+bench: $(VENV)/.bench-installed
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+$(VENV)/.bench-installed: requirements-bench.txt $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	@touch $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

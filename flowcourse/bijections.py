@@ -12,6 +12,7 @@ float32 and float64 (``layer.double()``).
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 
@@ -106,8 +107,11 @@ class Bijection(nn.Module):
             )
 
     def _dtype(self) -> torch.dtype | None:
-        for tensor in [*self.parameters(), *self.buffers()]:
-            if tensor.is_floating_point():
+        # The layer's own tensors first: walking every submodule on each call costs about
+        # a tenth of a small coupling layer's training step.
+        own = (*self._parameters.values(), *self._buffers.values())
+        for tensor in itertools.chain(own, self.parameters(), self.buffers()):
+            if tensor is not None and tensor.is_floating_point():
                 return tensor.dtype
         return None
 

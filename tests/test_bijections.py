@@ -456,3 +456,16 @@ def test_bad_dims_are_rejected():
             Affine(bad)
     with pytest.raises(ValueError, match="Logit expects x of shape \\(batch, dim\\), got \\(4,\\)"):
         Logit()(torch.zeros(4))
+
+
+def test_dtype_check_follows_own_tensors_then_submodules():
+    # Own float tensors (a coupling's mask) answer first; containers and permutations, which
+    # hold none, fall back to their submodules.
+    coupling = AffineCoupling(torch.tensor([1, 0]), hidden=4).double()
+    chain = Compose(AffineCoupling(torch.tensor([1, 0]), hidden=4), Reverse(2)).double()
+    x64 = torch.zeros(3, 2, dtype=torch.float64)
+    for layer in (coupling, chain):
+        assert layer(x64)[0].dtype == torch.float64
+        with pytest.raises(ValueError, match="float64 parameters but x is torch.float32"):
+            layer(torch.zeros(3, 2))
+    assert Reverse(2)(torch.zeros(3, 2, dtype=torch.float64))[0].dtype == torch.float64

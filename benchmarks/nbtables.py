@@ -1,0 +1,176 @@
+"""Tables a notebook computes, re-measured over seeds (see :mod:`benchmarks.nbseed`).
+
+Each part names a notebook and the variables that hold its results. For every seed, a copy of
+the notebook runs with ``flowcourse.setup(seed=k)`` and the variables are read back. The CSV is
+long (``seed, row, metric, value``) so that it does not depend on the table's columns; the
+summary pivots it back: one line per row of the notebook's table, one column per metric,
+``mean ± sd (min-max)`` over the seeds.
+
+How a variable becomes rows and metrics:
+
+- a DataFrame (or a list of dicts): one row per record, labelled by its first text column
+  (e.g. the posterior's name); its numeric columns are the metrics;
+- a dict of dicts: the outer keys are rows, the inner numeric values metrics;
+- a number, or a dict of numbers (metrics ``name[key]``): metrics of a row named ``-``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from benchmarks.common import ROOT, ResultFile, finite, log, markdown_table, mean_sd, number
+
+COLUMNS = ["seed", "row", "metric", "value", "status"]
+KEY = ["seed", "row", "metric"]
+
+
+@dataclass(frozen=True)
+class NotebookTable:
+    part: str
+    notebook: str  # relative to the repository root
+    variables: list[str]
+    description: str
+    # Metrics in the order to show them (others follow); the rest of the notebook's names.
+    metric_order: list[str] = field(default_factory=list)
+
+
+# Notebook 07's table: one row per posterior (diagonal, planar, IAF) with its ELBO, IWAE and
+# gap. Set VAE_VARIABLES to the name(s) of the variable(s) holding it once 07 exists.
+VAE_NOTEBOOK = "notebooks/07_vae_flow_posterior.ipynb"
+VAE_VARIABLES: list[str] = []
+
+# Notebook 04's result: its RealNVP's test NLL and gap to the exact NLL on two moons.
+REALNVP_NOTEBOOK = "notebooks/04_realnvp_2d.ipynb"
+REALNVP_VARIABLES: list[str] = []
+
+TABLES = {
+    "vae": NotebookTable(
+        "vae",
+        VAE_NOTEBOOK,
+        VAE_VARIABLES,
+        "Notebook 07's posterior table (diagonal, planar, IAF: ELBO, IWAE, gap) on binarised "
+        "8x8 digits, over seeds: each seed runs a copy of the notebook with "
+        "`flowcourse.setup(seed=k)`.",
+    ),
+    "nb04": NotebookTable(
+        "nb04",
+        REALNVP_NOTEBOOK,
+        REALNVP_VARIABLES,
+        "Notebook 04's RealNVP on two moons, over seeds: each seed runs a copy of the notebook "
+        "with `flowcourse.setup(seed=k)`.",
+    ),
+}
+
+
+def flatten(results: dict) -> list[tuple[str, str, float]]:
+    """``{variable: value}`` -> ``[(row, metric, value)]`` (see the module docstring)."""
+    out: list[tuple[str, str, float]] = []
+    for name, value in results.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) or value is None:
+            out.append(("-", name, _float(value)))
+        elif isinstance(value, dict):
+            if all(isinstance(v, dict) for v in value.values()):
+                for row, inner in value.items():
+                    out += [(str(row), m, _float(v)) for m, v in inner.items() if _numeric(v)]
+            else:
+                out += [("-", f"{name}[{k}]", _float(v)) for k, v in value.items() if _numeric(v)]
+        elif isinstance(value, list) and value and all(isinstance(r, dict) for r in value):
+            for i, record in enumerate(value):
+                labels = [str(v) for v in record.values() if isinstance(v, str)]
+                row = labels[0] if labels else f"{name}[{i}]"
+                out += [(row, m, _float(v)) for m, v in record.items() if _numeric(v)]
+        else:
+            raise ValueError(
+                f"variable {name!r} is a {type(value).__name__}; expected a number, a dict or "
+                "a table (DataFrame / list of dicts)"
+            )
+    return out
+
+
+def _numeric(v: object) -> bool:
+    return v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+
+
+def _float(v: object) -> float:
+    return math.nan if v is None else float(v)
+
+
+def run(table: NotebookTable, results: Path, *, seeds: list[int], resume: bool = False) -> None:
+    from benchmarks.nbseed import notebook_results
+
+    path = ROOT / table.notebook
+    if not table.variables:
+        log(
+            f"{table.part}: skipped: no result variables configured for {table.notebook} "
+            f"(set them in benchmarks/nbtables.py)"
+        )
+        return
+    if not path.exists():
+        log(f"{table.part}: skipped: {table.notebook} does not exist yet")
+        return
+    out = ResultFile(results / f"{table.part}.csv", COLUMNS, KEY, resume=resume)
+    for seed in seeds:
+        if out.done(seed=seed):
+            continue
+        failures: list[str] = []
+        try:
+            values = notebook_results(path, seed, table.variables, failures=failures)
+            # Values are kept when a check cell failed (a tolerance this seed misses), and
+            # the failure is reported with them.
+            status = "ok" if not failures else "ok, but " + "; ".join(failures)
+            rows = [
+                {"seed": seed, "row": r, "metric": m, "value": v, "status": status}
+                for r, m, v in flatten(values)
+            ]
+        except Exception as exc:  # a failing run is a result
+            last = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
+            rows = [
+                {
+                    "seed": seed,
+                    "row": "-",
+                    "metric": "-",
+                    "value": math.nan,
+                    "status": f"error: {last}",
+                }
+            ]
+        out.add(*rows)
+        log(f"{table.part} seed {seed}: {len(rows)} values ({rows[0]['status']})")
+
+
+def summarise(table: NotebookTable, rows: list[dict[str, str]]) -> str:
+    ok = [r for r in rows if r["status"].startswith("ok")]
+    seeds = sorted({r["seed"] for r in ok}, key=int)
+    metrics: list[str] = []
+    for m in table.metric_order + [r["metric"] for r in ok]:
+        if m not in metrics and any(r["metric"] == m for r in ok):
+            metrics.append(m)
+    row_names: list[str] = list(dict.fromkeys(r["row"] for r in ok))
+    values: dict[tuple[str, str], list[float]] = {}
+    for r in ok:
+        values.setdefault((r["row"], r["metric"]), []).append(number(r["value"]))
+    lines = []
+    for name in row_names:
+        cells = [name]
+        for m in metrics:
+            v = finite(values.get((name, m), []))
+            cells.append(
+                f"{mean_sd(v, 3)} ({min(v):.3f} to {max(v):.3f})" if len(v) > 1 else mean_sd(v, 3)
+            )
+        lines.append(cells)
+    text = (
+        f"{table.description} Seeds: {', '.join(seeds) or 'none'}. "
+        "Cells: mean ± sd (min to max) over the seeds.\n\n"
+        + markdown_table(["row", *metrics], lines)
+    )
+    failures = list(
+        dict.fromkeys(f"seed {r['seed']}: {r['status']}" for r in rows if r["status"] != "ok")
+    )
+    if failures:
+        text += "\n\nFailures (cells that raised; values of a run that went on are kept): " + (
+            "; ".join(failures) + "."
+        )
+    return text
