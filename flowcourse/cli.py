@@ -1,4 +1,4 @@
-"""The ``flowcourse`` command: ``python -m flowcourse {doctor,execute,release}``."""
+"""The ``flowcourse`` command: ``python -m flowcourse {doctor,execute,release,grade}``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,21 @@ def _release(args: argparse.Namespace) -> int:
     return release_main(check=args.check, source=args.source, target=args.target)
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from flowcourse.grading import Limits
+    from flowcourse.grading import main as grade_main
+
+    limits = Limits(cell_timeout=args.cell_timeout, timeout=args.timeout, memory_mb=args.memory_mb)
+    return grade_main(
+        args.paths,
+        args.out,
+        assignment=args.assignment,
+        jobs=args.jobs,
+        limits=limits,
+        seed=args.seed,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flowcourse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +68,23 @@ def main(argv: list[str] | None = None) -> int:
     rel.add_argument("--source", default="solutions")
     rel.add_argument("--target", default="exercises")
 
+    gr = sub.add_parser(
+        "grade",
+        help="grade submitted notebooks (files or folders); writes grades.json/.csv to --out",
+    )
+    gr.add_argument("paths", nargs="+", help="submission notebooks, or folders of them")
+    gr.add_argument(
+        "--out", default="grades", help="folder for grades.json, grades.csv, totals.csv"
+    )
+    gr.add_argument("--assignment", help="grade every file as this assignment (default: detect)")
+    gr.add_argument(
+        "--jobs", type=int, default=1, help="submissions graded at once (one kernel each)"
+    )
+    gr.add_argument("--cell-timeout", type=float, default=60.0, help="seconds per code cell")
+    gr.add_argument("--timeout", type=float, default=600.0, help="seconds per submission in all")
+    gr.add_argument("--memory-mb", type=int, default=4096, help="address-space cap per kernel, MB")
+    gr.add_argument("--seed", type=int, help="fix the grader's inputs (default: fresh each run)")
+
     args = parser.parse_args(argv)
     if args.command == "doctor":
         from flowcourse.doctor import main as doctor_main
@@ -60,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         return doctor_main()
     if args.command == "execute":
         return _execute(args)
+    if args.command == "grade":
+        return _grade(args)
     return _release(args)
 
 

@@ -15,6 +15,7 @@ identical. ``--check`` exits 1 when ``exercises/`` differs from what would be wr
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -59,9 +60,35 @@ def strip_solutions(source: str, where: str = "") -> str:
         if hints:
             message += ". Hint: " + " ".join(hints)
         out.append(f"{indent}# YOUR CODE HERE")
-        out.append(f"{indent}raise NotImplementedError({message!r})")
+        out.extend(_raise_stub(indent, message))
         i = j + 1
     return "\n".join(out)
+
+
+def _raise_stub(indent: str, message: str, width: int = 100) -> list[str]:
+    """``raise NotImplementedError("...")`` laid out as ruff format would, within ``width``.
+
+    A long message becomes implicitly concatenated string parts, one per line, so a released
+    notebook passes ``ruff check`` (line length) and ``ruff format --check`` unchanged.
+    """
+    one_line = f"{indent}raise NotImplementedError({json.dumps(message, ensure_ascii=False)})"
+    if len(one_line) <= width:
+        return [one_line]
+    inner = indent + " " * 4
+    room = width - len(inner)
+    parts = []
+    # The sentence and the hint start on lines of their own; long ones wrap between words.
+    for segment in re.split(r"(?<=\. )(?=Hint: )", message):
+        current = ""
+        for word in re.split(r"(?<= )", segment):  # words keep their trailing space
+            if current and len(json.dumps(current + word, ensure_ascii=False)) > room:
+                parts.append(current)
+                current = word
+            else:
+                current += word
+        parts.append(current)
+    quoted = [inner + json.dumps(part, ensure_ascii=False) for part in parts]
+    return [f"{indent}raise NotImplementedError(", *quoted, f"{indent})"]
 
 
 def release_notebook(solution: nbformat.NotebookNode, where: str = "") -> nbformat.NotebookNode:

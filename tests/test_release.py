@@ -74,3 +74,21 @@ def test_check_reports_stale_and_orphan_exercises(tmp_path, capsys):
     assert main(check=True, source=str(src), target=str(dst)) == 1
     out = capsys.readouterr().out
     assert "stale: " in out and "orphan: " in out
+
+
+def test_a_long_stub_stays_within_the_line_length_and_keeps_its_message():
+    hint = " ".join(["a long hint about what to remember"] * 6)
+    source = "\n".join(
+        ["def f(x):", "    ### BEGIN SOLUTION", f"    ### HINT: {hint}", "    return x"]
+        + ["    ### END SOLUTION"]
+    )
+    out = strip_solutions(source)
+    assert all(len(line) <= 100 for line in out.splitlines()), out
+    assert "raise NotImplementedError(\n" in out and "'" not in out  # double quotes, as ruff
+    namespace = {}
+    exec(out, namespace)
+    with pytest.raises(NotImplementedError) as info:
+        namespace["f"](1)
+    assert str(info.value) == (
+        "This task is not implemented yet: replace this line with your code. Hint: " + hint
+    )
