@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 from pathlib import Path
 
@@ -175,24 +174,12 @@ def notebook_results(
     and each failure is appended to it as ``code cell N: Error: message``. Either way a
     variable that does not exist at the end raises.
     """
-    import nbclient
-
-    from flowcourse.notebooks import KERNEL
+    from flowcourse.notebooks import run
 
     path = Path(path)
     nb = seeded_copy(nbformat.read(path, as_version=4), seed)
-    nb.metadata["kernelspec"] = dict(KERNEL)
     nb.cells.append(nbformat.v4.new_code_cell(results_cell(variables)))
-    os.environ.setdefault("PYTHONHASHSEED", "0")
-    client = nbclient.NotebookClient(
-        nb,
-        timeout=timeout,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent.resolve())}},
-        record_timing=False,
-        allow_errors=failures is not None,
-    )
-    client.execute()
+    run(nb, path.parent, timeout=timeout, allow_errors=failures is not None)
     errors = cell_errors(nb)
     last = errors[-1] if errors else ""
     if last.startswith(f"code cell {sum(c.cell_type == 'code' for c in nb.cells)}:"):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["Timing", "execute", "find_notebooks", "hygiene_problems", "KERNEL"]
+__all__ = ["Timing", "run", "execute", "find_notebooks", "hygiene_problems", "KERNEL"]
 
 KERNEL = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 WARNING_MARKERS = ("Warning:", "WARNING", "warnings.warn")
@@ -47,32 +47,40 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timing:
-    """Run a notebook top to bottom in a fresh ``python3`` kernel; store outputs in place.
+def run(
+    nb: nbformat.NotebookNode, folder: str | Path, *, timeout: int = 600, allow_errors: bool = False
+) -> Timing:
+    """Execute ``nb`` in place in a fresh ``python3`` kernel started in ``folder``.
 
-    Cells tagged ``raises-exception`` may fail; any other error stops the run. The kernel
-    inherits this process's environment (``PYTHONHASHSEED`` is fixed for reproducibility).
+    Cells tagged ``raises-exception`` may fail; any other error stops the run unless
+    ``allow_errors``. The kernel inherits this process's environment (``PYTHONHASHSEED`` is
+    fixed for reproducibility). Returns wall and CPU seconds (``path`` is ``folder``).
     """
     import nbclient
 
-    path = Path(path)
-    nb = nbformat.read(path, as_version=4)
     nb.metadata["kernelspec"] = dict(KERNEL)
     os.environ.setdefault("PYTHONHASHSEED", "0")
     client = nbclient.NotebookClient(
         nb,
         timeout=timeout,
         kernel_name="python3",
-        resources={"metadata": {"path": str(path.parent.resolve())}},
+        resources={"metadata": {"path": str(Path(folder).resolve())}},
         record_timing=False,
+        allow_errors=allow_errors,
     )
     cpu0, t0 = _children_cpu(), time.perf_counter()
     client.execute()
-    wall = time.perf_counter() - t0
-    cpu = _children_cpu() - cpu0
+    return Timing(Path(folder), time.perf_counter() - t0, _children_cpu() - cpu0)
+
+
+def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timing:
+    """Run a notebook top to bottom from a fresh kernel (:func:`run`); store outputs in place."""
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    timing = run(nb, path.parent, timeout=timeout)
     if write:
         nbformat.write(nb, path)
-    return Timing(path, wall, cpu)
+    return Timing(path, timing.wall, timing.cpu)
 
 
 def hygiene_problems(path: str | Path, *, executed: bool = True) -> list[str]:
