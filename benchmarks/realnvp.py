@@ -10,8 +10,9 @@ the initial weights and the minibatch order.
 
 What the libraries do differently (their defaults, kept on purpose):
 
-- course (``flowcourse.flows.realnvp``): conditioner sees ``x * mask`` (2 inputs), SiLU, last
-  layer zero-initialised (starts as the identity), log-scale ``2 tanh(raw / 2)``.
+- course (``flowcourse.flows.realnvp``): conditioner sees ``x * mask`` (2 inputs), ReLU, last
+  layer zero-initialised (starts as the identity), log-scale ``2 tanh(raw / 2)``, the affine
+  map written data to base (``z = x * exp(s) + t``) as in the paper and in zuko.
 - zuko (``zuko.flows.RealNVP``): conditioner sees the kept coordinate only (1 input), ReLU,
   default (random) init of the last layer, log-scale ``a / (1 + |a| / 6.9)``, i.e. soft-bounded
   by log(1e3).
@@ -116,14 +117,26 @@ def normflows_model() -> nn.Module:
 
 # Diagnostic variants of the course's model, one change each (not run by default; ask for
 # them with --models): which of the course's choices costs or gains NLL at 2000 steps.
-def course_relu() -> nn.Module:
-    """ReLU instead of SiLU in the conditioners (as zuko and normflows)."""
+def course_silu() -> nn.Module:
+    """SiLU instead of ReLU in the conditioners (smooth, the course's first choice)."""
+    from flowcourse.flows import realnvp
+
+    return realnvp(2, layers=LAYERS, hidden=HIDDEN, depth=DEPTH, activation=nn.SiLU)
+
+
+def course_sampling_direction() -> nn.Module:
+    """The affine map written base to data, ``x = z * exp(s) + t`` (the course: data to base)."""
+    # The same family of maps as the course's (s -> -s, t -> -t * exp(-s)), parametrised the
+    # other way round: a pure question of optimisation.
+    from flowcourse.bijections import AffineCoupling
+
+    class SamplingDirection(AffineCoupling):
+        forward = AffineCoupling.inverse
+        inverse = AffineCoupling.forward
+
     model = course_model()
     for coupling in model.bijections:
-        net = coupling.conditioner
-        for i, layer in enumerate(net):
-            if isinstance(layer, nn.SiLU):
-                net[i] = nn.ReLU()
+        coupling.__class__ = SamplingDirection
     return model
 
 
@@ -146,7 +159,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], str]] = {
     "course": (course_model, "flowcourse"),
     "zuko": (zuko_model, "zuko"),
     "normflows": (normflows_model, "normflows"),
-    "course-relu": (course_relu, "flowcourse"),
+    "course-silu": (course_silu, "flowcourse"),
+    "course-sampling-direction": (course_sampling_direction, "flowcourse"),
     "course-unbounded": (course_unbounded, "flowcourse"),
     "course-random-init": (course_random_init, "flowcourse"),
 }

@@ -151,12 +151,15 @@ def realnvp(
     depth: int = 2,
     scale_bound: float | None = 2.0,
     actnorm: bool = False,
+    activation: type[nn.Module] = nn.ReLU,
 ) -> Flow:
     """A RealNVP flow (Dinh et al. 2017) on R^dim with a standard normal base.
 
     ``layers`` coupling layers with alternating masks ``[1, 0, 1, ...]`` and ``[0, 1, 0, ...]``
     (for dim 2: ``[1, 0]`` and ``[0, 1]``), so every entry is transformed. ``actnorm=True`` puts
     an :class:`ActNorm` after each coupling, i.e. first on the way from data to base.
+    ``hidden``, ``depth``, ``scale_bound`` and ``activation`` configure every
+    :class:`AffineCoupling`.
     """
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
         raise ValueError(
@@ -166,7 +169,11 @@ def realnvp(
     steps: list[nn.Module] = []
     for k in range(layers):
         mask = (torch.arange(dim) + k) % 2 == 0
-        steps.append(AffineCoupling(mask, hidden=hidden, depth=depth, scale_bound=scale_bound))
+        steps.append(
+            AffineCoupling(
+                mask, hidden=hidden, depth=depth, scale_bound=scale_bound, activation=activation
+            )
+        )
         if actnorm:
             steps.append(ActNorm(dim))
     return Flow(standard_normal(dim), steps)

@@ -303,7 +303,14 @@ def test_affine_coupling_masks_and_arguments():
     unbounded = AffineCoupling(torch.tensor([1, 0]), hidden=4, scale_bound=None)
     with torch.no_grad():
         unbounded.conditioner[-1].bias.fill_(10.0)
-    assert torch.allclose(unbounded(torch.zeros(1, 2))[1], torch.tensor([10.0]))
+    # No clamp: s = t = 10 on the transformed entry. The paper's direction, data to base, is
+    # the inverse: z = x * exp(s) + t; sampling (forward) undoes it.
+    z, log_det = unbounded.inverse(torch.tensor([[0.5, 1.0]]))
+    assert torch.allclose(z, torch.tensor([[0.5, 1.0 * math.exp(10.0) + 10.0]]))
+    assert torch.allclose(log_det, torch.tensor([10.0]))
+    x, log_det = unbounded(torch.tensor([[0.5, 20.0]]))
+    assert torch.allclose(x, torch.tensor([[0.5, 10.0 * math.exp(-10.0)]]))
+    assert torch.allclose(log_det, torch.tensor([-10.0]))
 
 
 def test_permutation_validation_and_random():

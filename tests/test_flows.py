@@ -10,10 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch.distributions import AffineTransform, Normal, TransformedDistribution
 
 from flowcourse.bijections import ActNorm, Affine, AffineCoupling, Planar, Radial, Reverse
-from flowcourse.checks import check_normalised, perturbed
+from flowcourse.checks import check_bijection, check_normalised, perturbed
 from flowcourse.flows import Flow, realnvp, standard_normal
 
 EXAMPLES = settings(max_examples=20, deadline=None)
@@ -111,6 +112,19 @@ def test_realnvp_structure():
     torch.testing.assert_close(flow.log_prob(x), standard_normal(5).log_prob(x))  # identity start
     with pytest.raises(ValueError, match="dim >= 2"):
         realnvp(1)
+
+
+def test_realnvp_activation():
+    def activations(flow):
+        return {type(m) for m in flow.modules() if isinstance(m, nn.SiLU | nn.ReLU | nn.Tanh)}
+
+    assert activations(realnvp(2, layers=2, hidden=4)) == {nn.ReLU}  # the default
+    silu = realnvp(3, layers=2, hidden=4, activation=nn.SiLU).double()
+    assert activations(silu) == {nn.SiLU}
+    report = check_bijection(perturbed(silu.transform, 0.3), normal(0, 6, 3))
+    assert report.passed, str(report)
+    with pytest.raises(ValueError, match="module class such as nn.ReLU"):
+        AffineCoupling(torch.tensor([1, 0]), activation=torch.relu)
 
 
 def test_flow_validation():
