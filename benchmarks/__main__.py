@@ -30,11 +30,12 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "vae", "testsuite"]
+PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "testsuite"]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
+    "nb05": "2c. Notebook 05 over seeds",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
     "testsuite": "4. Test suite from a fresh clone",
 }
@@ -126,7 +127,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--repeats", type=int, default=3, help="runs per notebook (runtime part)")
     p.add_argument(
-        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds for realnvp, nb04 and vae"
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="seeds for realnvp, nb04, nb05 and vae",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(
