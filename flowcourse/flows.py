@@ -26,11 +26,17 @@ __all__ = ["standard_normal", "Flow", "realnvp"]
 
 
 def standard_normal(dim: int, dtype: torch.dtype | None = None) -> Distribution:
-    """N(0, I) on R^dim, with ``event_shape (dim,)``: ``log_prob(z: (batch, dim)) -> (batch,)``."""
+    """N(0, I) on R^dim, with ``event_shape (dim,)``: ``log_prob(z: (batch, dim)) -> (batch,)``.
+
+    Argument validation is off: a nan in ``z`` gives a nan log-density, which the training
+    loop's NaN guard then reports by step and parameter, instead of a ``ValueError`` that
+    prints the whole tensor from inside ``torch.distributions``.
+    """
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
         raise ValueError(f"standard_normal expects dim to be an integer >= 1, got {dim!r}")
     zeros = torch.zeros(int(dim), dtype=dtype)
-    return Independent(Normal(zeros, torch.ones_like(zeros)), 1)
+    normal = Normal(zeros, torch.ones_like(zeros), validate_args=False)
+    return Independent(normal, 1, validate_args=False)
 
 
 def _map_tensors(dist: Distribution, fn: Callable[[Tensor], Tensor]) -> Distribution:

@@ -287,3 +287,18 @@ def test_bad_models_and_losses():
         fit(WrongShape(), x, steps=1, batch_size=10, progress=False)
     with pytest.raises(ValueError, match="scalar tensor"):
         fit(DiagGaussian(), x, loss=lambda m, b: m.log_prob(b), steps=1, progress=False)
+
+
+def test_nan_inside_a_flow_reaches_the_guard():
+    # A nan in z used to stop inside torch.distributions (argument validation) with a
+    # ValueError; the guard must see it and name the parameter instead.
+    from flowcourse.bijections import Affine
+    from flowcourse.flows import Flow, standard_normal
+
+    flow = Flow(standard_normal(2), [Affine(2)])
+    with torch.no_grad():
+        flow.bijections[0].shift[1] = float("nan")
+    assert torch.isnan(flow.log_prob(torch.zeros(3, 2))).all()
+    with pytest.raises(NonFiniteError, match="step 1: the loss is nan") as info:
+        fit(flow, gaussian_data(50), steps=5, batch_size=10, progress=False)
+    assert info.value.parameters == ["transform.layers.0.shift"]
