@@ -73,12 +73,16 @@ def density(
     title: str = "density",
     cmap: str = "viridis",
     colorbar: bool = False,
+    log_floor: float | None = None,
 ) -> Axes:
     """Heat map of ``exp(log_prob)`` on a ``resolution x resolution`` grid over ``bounds``.
 
     ``log_prob_fn`` maps (batch, 2) float32 points to (batch,) log-densities: a function, or
     any object with a ``log_prob`` method (a flow, a toy source). It is called in chunks
     under ``torch.no_grad()``, and an ``nn.Module`` is put in eval mode meanwhile.
+    ``log_floor``: draw ``log_prob`` itself (nats), clipped below at this value, instead of
+    the density; a log scale shows thin regions of low density (e.g. the bridges a flow
+    leaves between separated modes) that a linear scale hides.
     """
     fn = getattr(log_prob_fn, "log_prob", log_prob_fn)
     if not callable(fn):
@@ -86,6 +90,12 @@ def density(
     (x0, x1), (y0, y1) = _check_bounds(bounds)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
         raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    if log_floor is not None and (
+        isinstance(log_floor, bool)
+        or not isinstance(log_floor, int | float)
+        or not math.isfinite(log_floor)
+    ):
+        raise ValueError(f"log_floor must be None or a finite number, got {log_floor!r}")
 
     xs = torch.linspace(x0, x1, resolution)
     ys = torch.linspace(y0, y1, resolution)
@@ -108,13 +118,15 @@ def density(
         raise ValueError(f"log_prob must return shape (batch,), got {tuple(parts[0].shape)}")
     if torch.isnan(log_p).any():
         raise ValueError(f"log_prob returned nan at {int(torch.isnan(log_p).sum())} grid points")
-    p = log_p.exp().reshape(resolution, resolution).cpu().numpy()
+    values = log_p.exp() if log_floor is None else log_p.clamp_min(float(log_floor))
+    p = values.reshape(resolution, resolution).cpu().numpy()
 
     ax = _new_ax(ax)
     image = ax.imshow(p, origin="lower", extent=(x0, x1, y0, y1), cmap=cmap, aspect="equal")
     ax.grid(False)
     if colorbar:
-        ax.figure.colorbar(image, ax=ax, label="density")
+        label = "density" if log_floor is None else "log density (nats)"
+        ax.figure.colorbar(image, ax=ax, label=label)
     ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$")
     return ax
 

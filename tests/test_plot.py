@@ -52,6 +52,23 @@ def test_density_from_function_module_and_source():
     assert image.get_array().shape == (40, 40) and image.get_array().max() > 0.5
 
 
+def test_density_on_a_log_scale_clips_at_the_floor():
+    # Checkerboard-like: -inf outside the unit square, where a linear scale shows nothing.
+    def log_prob(x):
+        inside = (x.abs() < 1).all(1)
+        return torch.where(inside, -0.5 * (x**2).sum(1), torch.full((len(x),), -float("inf")))
+
+    ax = plot.density(log_prob, resolution=40, log_floor=-10.0, colorbar=True)
+    values = ax.get_images()[0].get_array()
+    assert values.min() == -10.0 and values.max() <= 0.0 and np.isfinite(values).all()
+    assert ax.figure.axes[-1].get_ylabel() == "log density (nats)"
+    linear = plot.density(log_prob, resolution=40).get_images()[0].get_array()
+    assert linear.min() == 0.0 and linear.max() <= 1.0  # the default is unchanged: exp(log p)
+    for bad in (float("nan"), float("inf"), True, "low"):
+        with pytest.raises(ValueError, match="log_floor must be None or a finite number"):
+            plot.density(log_prob, resolution=10, log_floor=bad)
+
+
 def test_density_draws_on_a_given_axis():
     fig, axes = plt.subplots(1, 2)
     assert plot.density(StandardNormal(), resolution=20, ax=axes[1]) is axes[1]
