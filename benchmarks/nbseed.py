@@ -8,7 +8,9 @@ never written.
 Notebooks often reseed the global generators before a model is built or evaluated
 (``torch.manual_seed(0)``), which would undo the new seed; so literal seeds of the global
 generators (``torch.manual_seed(N)``, ``np.random.seed(N)``, ``random.seed(N)``) become
-``N + SEED_STRIDE * k``. Seed 0 leaves the notebook exactly as it is. Seeds given to data
+``N + SEED_STRIDE * k``; a notebook's own seed constant, a line ``SEED = N`` (07 passes it to
+every reseed and minibatch generator, and its text says to change it to rerun with another
+seed), becomes ``SEED = N + k``. Seed 0 leaves the notebook exactly as it is. Seeds given to data
 sources (``TwoMoons().sample(n, seed=1)``, ``torch.Generator().manual_seed(1)``) are left
 alone: the data stay the same, the initial weights and the sampling noise change.
 """
@@ -37,6 +39,10 @@ _GLOBAL_SEED = re.compile(
 )
 
 
+# A notebook's own seed constant on a line of its own: SEED = 0.
+_SEED_CONSTANT = re.compile(r"^(?P<lhs>SEED\s*=\s*)(?P<n>\d+)[ \t]*$", re.MULTILINE)
+
+
 def _reseed_call(match: re.Match, seed: int) -> str:
     args = match.group("args").strip()
     if _SEED_KW.search(args):
@@ -57,8 +63,9 @@ def _in_comment(source: str, pos: int) -> bool:
 
 
 def seeded_copy(nb: nbformat.NotebookNode, seed: int) -> nbformat.NotebookNode:
-    """A deep copy of ``nb`` with its first ``setup(...)`` call given ``seed`` and its literal
-    global reseeds ``N`` moved to ``N + SEED_STRIDE * seed`` (see the module docstring).
+    """A deep copy of ``nb`` with its first ``setup(...)`` call given ``seed``, its literal
+    global reseeds ``N`` moved to ``N + SEED_STRIDE * seed`` and a ``SEED = N`` line made
+    ``SEED = N + seed`` (see the module docstring).
 
     Raises ValueError if no code cell calls ``setup``: then the seed could not change anything.
     """
@@ -87,6 +94,9 @@ def seeded_copy(nb: nbformat.NotebookNode, seed: int) -> nbformat.NotebookNode:
                 break
         if seed:
             source = _GLOBAL_SEED.sub(shift, source)
+            source = _SEED_CONSTANT.sub(
+                lambda m: f"{m.group('lhs')}{int(m.group('n')) + seed}", source
+            )
         cell.source = source
     if not found:
         raise ValueError("the notebook has no code cell calling flowcourse.setup(...) to reseed")

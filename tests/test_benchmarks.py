@@ -264,6 +264,19 @@ def test_seeded_copy_moves_literal_global_reseeds_and_leaves_data_seeds():
     )
 
 
+def test_seeded_copy_moves_the_notebooks_seed_constant():
+    source = (
+        "import flowcourse\nflowcourse.setup(seed=0)\nSEED = 0\nSTEPS = 40\n"
+        "torch.manual_seed(SEED + 7)\nOTHER_SEED = 5\nx = SEED = 3  # not a plain constant"
+    )
+    nb = _tiny_notebook(source)
+    assert seeded_copy(nb, 0).cells[1].source == source
+    assert seeded_copy(nb, 2).cells[1].source == (
+        "import flowcourse\nflowcourse.setup(seed=2)\nSEED = 2\nSTEPS = 40\n"
+        "torch.manual_seed(SEED + 7)\nOTHER_SEED = 5\nx = SEED = 3  # not a plain constant"
+    )
+
+
 def test_seeded_copy_needs_a_setup_call():
     with pytest.raises(ValueError, match="no code cell calling flowcourse.setup"):
         seeded_copy(_tiny_notebook("x = 1"), 1)
