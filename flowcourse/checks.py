@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "claim",
+    "ClaimFailed",
     "CheckFailed",
     "CheckResult",
     "Report",
@@ -36,6 +38,92 @@ __all__ = [
 
 class CheckFailed(AssertionError):
     """Raised by ``raise_if_failed``; the message says what went wrong."""
+
+
+class ClaimFailed(AssertionError):
+    """Raised by :func:`claim` when a number a notebook states does not hold."""
+
+
+def _number(value: float, fmt: str | None) -> str:
+    if fmt is not None:
+        return format(value, fmt)
+    magnitude = abs(value)
+    if value == 0 or math.isinf(value) or math.isnan(value):
+        return str(value)
+    if magnitude < 1e-3 or magnitude >= 1e5:
+        return f"{value:.1e}"
+    return f"{value:.3g}" if magnitude >= 100 else f"{value:.3f}"
+
+
+def claim(
+    what: str,
+    value: float | bool | Tensor,
+    *,
+    below: float | None = None,
+    at_most: float | None = None,
+    above: float | None = None,
+    at_least: float | None = None,
+    near: float | None = None,
+    tol: float | None = None,
+    unit: str = "",
+    fmt: str | None = None,
+) -> None:
+    """State a result and check it in one readable line: ``gap 0.035 nats < 0.05 ✓``.
+
+    ``value`` is a number (or a one-element tensor) checked against the bounds given
+    (``below`` <, ``at_most`` <=, ``above`` >, ``at_least`` >=, ``near`` with ``tol``), or a
+    bool for a statement (``claim("the Jacobian is lower triangular", bool(...))``).
+    Prints the line and returns nothing (a claim ending a cell adds no ``Out``); raises
+    :class:`ClaimFailed` with what was expected when the claim does not hold. ``fmt``
+    formats the numbers (default: 3 decimals, or scientific notation for tiny or huge ones).
+
+    >>> claim("gap", 0.035, below=0.05, unit="nats")
+    gap 0.035 nats < 0.05 ✓
+    >>> claim("grid mass", 1.0004, near=1, tol=0.01)
+    grid mass 1.000 = 1 ± 0.01 ✓
+    """
+    if isinstance(value, bool):
+        if any(b is not None for b in (below, at_most, above, at_least, near, tol)):
+            raise TypeError(f"claim({what!r}, ...): a bool claim takes no bounds")
+        if not value:
+            raise ClaimFailed(f"claim failed: {what} does not hold")
+        print(f"{what} ✓")
+        return
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                f"claim({what!r}, ...) expects one number, got a tensor of shape "
+                f"{tuple(value.shape)}: reduce it first (.max(), .mean())"
+            )
+        value = value.item()
+    if not isinstance(value, int | float):
+        raise TypeError(
+            f"claim({what!r}, ...) expects a number or a bool, got {type(value).__name__}"
+        )
+    if (near is None) != (tol is None):
+        raise TypeError(f"claim({what!r}, ...): give near= and tol= together")
+    value = float(value)
+    shown = _number(value, fmt) + (f" {unit}" if unit else "")
+    tests = [
+        (above, ">", lambda b: value > b),
+        (at_least, "≥", lambda b: value >= b),
+        (below, "<", lambda b: value < b),
+        (at_most, "≤", lambda b: value <= b),
+    ]
+    parts, ok = [], True
+    for bound, symbol, holds in tests:
+        if bound is not None:
+            parts.append(f"{symbol} {bound:g}")
+            ok = ok and holds(bound)
+    if near is not None:
+        parts.append(f"= {near:g} ± {tol:g}")
+        ok = ok and abs(value - near) <= tol
+    if not parts:
+        raise TypeError(f"claim({what!r}, ...) needs a bound: below=, at_most=, above=, ...")
+    line = f"{what} {shown} " + " and ".join(parts)
+    if not ok or math.isnan(value):
+        raise ClaimFailed(f"claim failed: {what} is {shown}, expected " + " and ".join(parts))
+    print(line + " ✓")
 
 
 @dataclass

@@ -263,3 +263,57 @@ def test_check_normalised_never_crashes():
     assert not crashing and "log_prob raised" in crashing.message
     nan = check_normalised(lambda x: torch.full((len(x),), float("nan")), resolution=20)
     assert not nan and "NaN" in nan.message
+
+
+# --- claim: the one-line result a notebook states and checks -------------------------------
+
+
+def test_claim_prints_the_result_and_its_bound(capsys):
+    from flowcourse.checks import claim
+
+    claim("gap", 0.0351, below=0.05, unit="nats")
+    claim("round-trip error", 3.1e-16, below=1e-12)
+    claim("grid mass", 1.0004, near=1, tol=0.01)
+    claim("density time", torch.tensor(12.5), above=10, at_most=200, unit="x", fmt=".1f")
+    claim("the Jacobian is lower triangular", True)
+    assert capsys.readouterr().out.splitlines() == [
+        "gap 0.035 nats < 0.05 ✓",
+        "round-trip error 3.1e-16 < 1e-12 ✓",
+        "grid mass 1.000 = 1 ± 0.01 ✓",
+        "density time 12.5 x > 10 and ≤ 200 ✓",
+        "the Jacobian is lower triangular ✓",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, fragment",
+    [
+        (("gap", 0.072), {"at_most": 0.05, "unit": "nats"}, "gap is 0.072 nats, expected ≤ 0.05"),
+        (("mass", 1.2), {"near": 1, "tol": 0.01}, "mass is 1.200, expected = 1 ± 0.01"),
+        (("nll", float("nan")), {"below": 1.0}, "nll is nan"),
+        (("speed-up", 3.0), {"above": 10}, "expected > 10"),
+        (("the map is monotone", False), {}, "the map is monotone does not hold"),
+    ],
+)
+def test_claim_raises_with_what_was_expected(args, kwargs, fragment, capsys):
+    from flowcourse.checks import ClaimFailed, claim
+
+    with pytest.raises(ClaimFailed, match="claim failed") as info:
+        claim(*args, **kwargs)
+    assert fragment in str(info.value)
+    assert capsys.readouterr().out == ""  # nothing reads as a result when it failed
+
+
+def test_claim_refuses_misuse():
+    from flowcourse.checks import claim
+
+    with pytest.raises(TypeError, match="needs a bound"):
+        claim("gap", 0.1)
+    with pytest.raises(TypeError, match="shape \\(3,\\)"):
+        claim("gap", torch.zeros(3), below=1)
+    with pytest.raises(TypeError, match="near= and tol= together"):
+        claim("gap", 0.1, near=0.1)
+    with pytest.raises(TypeError, match="takes no bounds"):
+        claim("ok", True, below=1)
+    with pytest.raises(TypeError, match="got str"):
+        claim("gap", "0.1", below=1)
