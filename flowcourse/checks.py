@@ -13,7 +13,8 @@ from __future__ import annotations
 import copy
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "claim",
+    "raises",
     "ClaimFailed",
     "CheckFailed",
     "CheckResult",
@@ -186,6 +188,39 @@ class Report:
         if not self.passed:
             raise CheckFailed(str(self))
         return self
+
+
+@contextmanager
+def raises(*expected: type[BaseException], match: str | None = None) -> Iterator[None]:
+    """Run a block that must fail, and show its error the way a reader needs it: one line.
+
+    For a mistake a notebook commits on purpose: ``with raises(TypeError): model(z)`` prints
+    ``TypeError: <message> ✓ (the error we expected)`` (and the error that caused it, if any),
+    instead of a long traceback through library internals. Raises :class:`ClaimFailed` if the
+    block does not fail, or fails another way (or without ``match`` in its message).
+    """
+    kinds = expected or (Exception,)
+    names = " or ".join(k.__name__ for k in kinds)
+    try:
+        yield
+    except kinds as error:
+        text = f"{type(error).__name__}: {_short(error)}"
+        if match is not None and match not in str(error):
+            raise ClaimFailed(
+                f"claim failed: expected {names} mentioning {match!r}, got {text}"
+            ) from error
+        print(f"{text} ✓ (the error we expected)")
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is not None:
+            print(f"  caused by {type(cause).__name__}: {_short(cause)}")
+    else:
+        raise ClaimFailed(f"claim failed: expected {names}, but the code ran without error")
+
+
+def _short(error: BaseException, width: int = 300) -> str:
+    lines = str(error).strip().splitlines() or [""]
+    text = lines[0] if len(lines) == 1 else lines[0] + " ..."
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # --- plumbing: calling a possibly broken layer ----------------------------------------------

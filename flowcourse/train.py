@@ -15,11 +15,53 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["fit", "History", "NonFiniteError", "nll_loss", "evaluate"]
+__all__ = ["fit", "History", "NonFiniteError", "nll_loss", "evaluate", "progress_bar"]
 
 Loss = Callable[[nn.Module, torch.Tensor | None], torch.Tensor]
 
 EVAL_BATCH = 4096  # rows per forward pass when evaluating: bounds memory on big sets
+
+
+def progress_bar(total: int, desc: str = "", *, disable: bool = False) -> tqdm:
+    """A ``tqdm.auto`` bar for ``total`` steps that a stored notebook shows in its final state.
+
+    In Jupyter the bar is a widget while it runs. A saved notebook keeps only the widget's text
+    form, captured when the bar was created (``0%| | 0/N``), which is what GitHub, nbviewer and
+    the course site would show; so when the bar closes, its display is replaced by the final
+    state as text (steps, time, rate, last postfix). Elsewhere it is tqdm's ordinary bar.
+    """
+    options = {"total": total, "desc": desc, "disable": disable, "mininterval": 0.5}
+    if not disable and _notebook_tqdm is not None and issubclass(tqdm, _notebook_tqdm):
+        return _StoredBar(**options, leave=True)
+    return tqdm(**options, leave=True)
+
+
+try:
+    from tqdm.notebook import tqdm as _notebook_tqdm
+except ImportError:  # no ipywidgets: tqdm.auto falls back to the text bar
+    _notebook_tqdm = None
+
+if _notebook_tqdm is not None:
+
+    class _StoredBar(tqdm):
+        def __init__(self, **kwargs) -> None:
+            from IPython.display import display
+
+            super().__init__(display=False, **kwargs)
+            self._handle = display(self.container, display_id=True)
+            self.displayed = True
+            self._stored = False
+
+        def close(self) -> None:
+            fresh = not (self.disable or self._stored)  # tqdm's close() sets disable
+            super().close()
+            if not fresh:
+                return
+            self._stored = True
+            from tqdm.std import tqdm as text_tqdm
+
+            state = {**self.format_dict, "ncols": 90}
+            self._handle.update({"text/plain": text_tqdm.format_meter(**state)}, raw=True)
 
 
 class NonFiniteError(FloatingPointError):
@@ -175,7 +217,7 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     evals_since_best = 0
     report_every = max(1, steps // 50)
-    bar = tqdm(total=steps, desc=desc, disable=not progress, mininterval=0.5, leave=True)
+    bar = progress_bar(steps, desc, disable=not progress)
     start = time.perf_counter()
     model.train()
     try:

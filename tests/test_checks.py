@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.distributions import MultivariateNormal
@@ -317,3 +319,30 @@ def test_claim_refuses_misuse():
         claim("ok", True, below=1)
     with pytest.raises(TypeError, match="got str"):
         claim("gap", "0.1", below=1)
+
+
+def test_raises_shows_the_expected_error_in_one_line(capsys):
+    from flowcourse.checks import ClaimFailed, raises
+
+    with raises(TypeError):
+        torch.nn.Sequential(torch.nn.Linear(2, 2))("not a tensor")
+    with raises(ValueError, match="negative"):
+        try:
+            math.log(-1.0)
+        except ValueError as cause:
+            raise ValueError("log of a negative scale\nsecond line") from cause
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("TypeError: ") and out[0].endswith("✓ (the error we expected)")
+    assert out[1:] == [
+        "ValueError: log of a negative scale ... ✓ (the error we expected)",
+        "  caused by ValueError: math domain error",
+    ]
+    with pytest.raises(ClaimFailed, match="ran without error"):
+        with raises(TypeError):
+            pass
+    with pytest.raises(ClaimFailed, match="mentioning 'shape'"):
+        with raises(ValueError, match="shape"):
+            raise ValueError("something else")
+    with pytest.raises(KeyError):  # another kind of error is not swallowed
+        with raises(TypeError):
+            raise KeyError("k")

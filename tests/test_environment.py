@@ -78,7 +78,7 @@ def test_sanitize_file_parses_to_every_pattern_it_declares():
     text = (ROOT / "tests" / "nbval_sanitize.cfg").read_text()
     declared = len(re.findall(r"^regex:", text, re.M))
     parsed = get_sanitize_patterns(text)
-    assert declared == 4, "update this count when you add a sanitize pattern"
+    assert declared == 5, "update this count when you add a sanitize pattern"
     assert len(parsed) == declared, (
         f"{declared} 'regex:' lines but only {len(parsed)} regex/replace pairs parse: "
         "each 'regex:' line must be followed directly by its 'replace:' line"
@@ -92,7 +92,12 @@ def test_sanitize_file_parses_to_every_pattern_it_declares():
     [
         ("<Figure size 512x320 with 1 Axes>", "<Figure>"),
         ("at 0x7f3a2b1c9d40>", "at 0xADDRESS>"),
-        ("100%|##| 20/20 [00:03<00:00,  5.9it/s]", "100%|##| 20/20 [TIME]"),
+        ("fit:   0%|          | 0/300 [00:00<?, ?it/s]", "[progress bar]"),
+        (
+            "fit (stopped early at step 90): 30%|###   | 90/300 [00:01<00:02, 9it/s, loss=1.2]",
+            "[progress bar]",
+        ),
+        ("elapsed [00:03<00:00,  5.9it/s]", "elapsed [TIME]"),
         ("trained in 12.3 s (wall)", "trained in SECONDS (wall)"),
     ],
 )

@@ -302,3 +302,20 @@ def test_nan_inside_a_flow_reaches_the_guard():
     with pytest.raises(NonFiniteError, match="step 1: the loss is nan") as info:
         fit(flow, gaussian_data(50), steps=5, batch_size=10, progress=False)
     assert info.value.parameters == ["transform.layers.0.shift"]
+
+
+def test_a_stored_notebook_keeps_the_bar_in_its_final_state(tmp_path):
+    # GitHub, nbviewer and the site show the text a notebook stored; a widget's text form is
+    # captured when it is created (0%), so the bar must replace it when it closes.
+    import nbformat
+
+    from flowcourse.notebooks import run
+
+    nb = nbformat.v4.new_notebook()
+    code = "from flowcourse.train import progress_bar\nbar = progress_bar(7, 'demo')\n"
+    nb.cells = [nbformat.v4.new_code_cell(code + "bar.update(7)\nbar.close()\nbar.close()")]
+    run(nb, tmp_path, timeout=120)
+    (output,) = nb.cells[0].outputs
+    assert list(output["data"]) == ["text/plain"], output  # no widget left behind
+    text = output["data"]["text/plain"]
+    assert text.startswith("demo: 100%|") and "7/7 [" in text, text
