@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import nbtables, realnvp, runtime, testsuite
+from benchmarks import grading, nbtables, realnvp, runtime, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -30,14 +30,15 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "testsuite"]
+PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "grading", "testsuite"]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
     "nb05": "2c. Notebook 05 over seeds",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
-    "testsuite": "4. Test suite from a fresh clone",
+    "grading": "4. Grading the solutions with fresh grader seeds",
+    "testsuite": "5. Test suite from a fresh clone",
 }
 
 
@@ -56,6 +57,8 @@ def summary_text(results: Path) -> str:
             body = realnvp.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
+        elif part == "grading":
+            body = grading.summarise(rows)
         else:
             body = nbtables.summarise(nbtables.TABLES[part], rows)
         m = machines.get(part)
@@ -141,6 +144,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--testsuite-repeats", type=int, default=1)
     p.add_argument(
+        "--grading-seeds", type=int, default=200, help="fresh grader seeds (grading part)"
+    )
+    p.add_argument(
+        "--assignments", nargs="+", help="only these assignments (grading part; default: all)"
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the runs already in the CSVs and do only the missing ones",
@@ -194,6 +203,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
+            elif part == "grading":
+                grading.run(
+                    results,
+                    count=args.grading_seeds,
+                    assignments=args.assignments,
+                    resume=args.resume,
+                )
             else:
                 nbtables.run(nbtables.TABLES[part], results, seeds=args.seeds, resume=args.resume)
             # The machine of the last run that added rows (a resumed run with nothing to do
