@@ -55,8 +55,8 @@ TMPFS_BYTES = 512 * 2**20  # the kernel's home and /tmp: room for a matplotlib c
 # Runs inside the sandbox before the kernel: drop root, cap memory, start ipykernel.
 LAUNCHER = f"""\
 import os, resource, sys
-limit = int(sys.argv.pop(1))
-if os.getuid() == 0:  # the grader runs as root: become nobody before any submitted code runs
+limit, contained = int(sys.argv.pop(1)), sys.argv.pop(1) == "sandbox"
+if contained and os.getuid() == 0:  # a root grader: become nobody before any student code
     os.setgroups([])
     os.setgid({NOBODY})
     os.setuid({NOBODY})
@@ -241,7 +241,7 @@ def kernel_command(
     env: dict[str, str],
     status_fd: int | None = None,
 ) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that start a kernel: ``python -c LAUNCHER ...``.
+    """The command and environment that start a kernel: ``python -c LAUNCHER limit ...``.
 
     ``home``: the kernel's working folder (a fresh tmpfs inside the sandbox); ``sockets``: the
     folder of its connection file and Unix sockets (bound read-write at the same path);
@@ -249,7 +249,8 @@ def kernel_command(
     Without ``sandbox`` the kernel runs as a plain child process that finds the view first on
     ``PYTHONPATH`` (the references are then absent from imports only).
     """
-    python = [sys.executable, "-c", LAUNCHER, *python_args]
+    python = [sys.executable, "-c", LAUNCHER, python_args[0], "sandbox" if sandbox else "plain"]
+    python += python_args[1:]
     if not sandbox:
         return python, {**os.environ, **env, "PYTHONPATH": str(view.parent), "HOME": str(home)}
     package = Path(__file__).resolve().parent
