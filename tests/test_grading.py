@@ -524,6 +524,24 @@ def test_a_submission_sees_nothing_outside_its_sandbox(tmp_path):
     assert (tmp_path / "in" / "spy.ipynb").read_bytes() == before
 
 
+def test_without_a_sandbox_a_file_written_while_graded_gets_a_note(tmp_path):
+    # In the sandbox the file is out of reach (see above); without it, the grade is kept and
+    # the change is named, as the grader read the file once, before anything ran.
+    vandal = solution("05_dequantization")
+    insert_after(
+        vandal,
+        "flowcourse.setup(",
+        "import glob\n"
+        f"for name in glob.glob({str(tmp_path)!r} + '/**/vandal-*.ipynb', recursive=True):\n"
+        "    open(name, 'w').write('{}')",
+    )
+    _write(tmp_path / "in", {"vandal-1.ipynb": vandal})
+    (result,) = grade_paths([tmp_path / "in"], HOSTILE_LIMITS, seed=SEED, contained=False)
+    assert (tmp_path / "in" / "vandal-1.ipynb").read_text() == "{}"
+    assert result.points == 8, format_table(result)
+    assert "the file changed while it was graded" in result.notes[-1], result.notes
+
+
 # --- the command: refusal without a sandbox, shards, result files ------------------------------
 
 
