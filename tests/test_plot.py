@@ -117,6 +117,14 @@ def test_warps_and_grid_warp():
     with pytest.raises(ValueError, match="same resolution as grid_lines"):
         plot.grid_warp([grid], resolution=30)
 
+    # ncols wraps the panels into rows: 3 states, 2 per row -> 2 rows, no empty panel.
+    for fig in (plot.warps(states, ncols=2), plot.grid_warp([grid] * 3, resolution=20, ncols=2)):
+        assert len(fig.axes) == 3 and all(_labelled(ax) for ax in fig.axes)
+        assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2
+        assert fig.get_size_inches()[1] == pytest.approx(2 * (2.6 + 0.4))
+    with pytest.raises(ValueError, match="ncols must be"):
+        plot.warps(states, ncols=0)
+
 
 def test_warps_keeps_given_bounds_without_warnings(caplog):
     z = torch.randn(300, 2)
@@ -146,9 +154,11 @@ def test_training_curves():
 def test_digit_grid():
     digits = load_digits("integer")
     ax = plot.digit_grid(digits.train[:20], nrow=5, title="some digits")
-    assert _labelled(ax) and ax.get_title() == "some digits"
+    assert ax.get_title() == "some digits"
+    # Images, not axes: no ticks and no axis labels to read.
+    assert ax.get_xlabel() == ax.get_ylabel() == "" and not ax.get_xticks().size
     assert ax.get_images()[0].get_array().shape == (4 * 9 + 1, 5 * 9 + 1)
-    assert _labelled(plot.digit_grid(digits.train[:7].reshape(7, 8, 8).numpy()))
+    assert plot.digit_grid(digits.train[:7].reshape(7, 8, 8).numpy()).get_title()
     with pytest.raises(ValueError, match="not square"):
         plot.digit_grid(torch.zeros(3, 10))
     with pytest.raises(ValueError, match="nrow must be"):
