@@ -177,6 +177,21 @@ def _check_states(states: Sequence[ArrayLike]) -> list[np.ndarray]:
     return arrays
 
 
+def _panels(count: int, size: float, ncols: int | None) -> tuple[Figure, list[Axes]]:
+    """``count`` square panels of ``size`` inches, ``ncols`` per row (default: one row)."""
+    per_row = count if ncols is None else ncols
+    if isinstance(per_row, bool) or not isinstance(per_row, int) or per_row < 1:
+        raise ValueError(f"ncols must be None or an integer >= 1, got {ncols!r}")
+    per_row = min(per_row, count)
+    rows = math.ceil(count / per_row)
+    fig, axes = plt.subplots(
+        rows, per_row, figsize=(size * per_row, (size + 0.4) * rows), squeeze=False
+    )
+    for ax in axes.flat[count:]:
+        ax.remove()
+    return fig, list(axes.flat[:count])
+
+
 def warps(
     states: Sequence[ArrayLike],
     titles: Sequence[str] | None = None,
@@ -184,24 +199,17 @@ def warps(
     bounds: Bounds | None = None,
     size: float = 2.6,
     suptitle: str = "how the points move, layer by layer",
-    columns: int | None = None,
+    ncols: int | None = None,
 ) -> Figure:
     """One small scatter panel per state, e.g. ``flow.trace(z)``: a list of (n, 2) tensors.
 
     Each point keeps its colour across panels, so one can follow where it goes.
     ``data_color``: None colours points by their first coordinate in the first state;
     a colour name paints them all; an (n,) array gives each point a value on a colour map.
-    ``size``: inches per panel. ``columns``: panels per row (default: all in one row); more
-    states than columns wrap onto further rows, so many panels can stay large enough to read.
+    ``ncols``: panels per row (default all in one row); more rows keep panels readable.
     """
     arrays = _check_states(states)
     names = _panel_titles(titles, len(arrays))
-    if columns is None:
-        columns = len(arrays)
-    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be None or an integer >= 1, got {columns!r}")
-    columns = min(columns, len(arrays))
-    rows = math.ceil(len(arrays) / columns)
     n = len(arrays[0])
     if data_color is None:
         colour_kw: dict[str, Any] = {"c": arrays[0][:, 0], "cmap": "coolwarm"}
@@ -213,12 +221,8 @@ def warps(
             raise ValueError(f"data_color must be a colour or shape ({n},), got {values.shape}")
         colour_kw = {"c": values, "cmap": "viridis"}
 
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(size * columns, (size + 0.4) * rows), squeeze=False
-    )
-    for ax in axes.flat[len(arrays) :]:  # the unused end of the last row
-        fig.delaxes(ax)
-    for ax, points, name in zip(axes.flat, arrays, names, strict=False):
+    fig, axes = _panels(len(arrays), size, ncols)
+    for ax, points, name in zip(axes, arrays, names, strict=True):
         ax.scatter(points[:, 0], points[:, 1], s=2, lw=0, alpha=0.7, **colour_kw)
         if bounds is not None:
             (x0, x1), (y0, y1) = _check_bounds(bounds)
@@ -263,12 +267,14 @@ def grid_warp(
     titles: Sequence[str] | None = None,
     size: float = 2.6,
     suptitle: str = "how the grid is bent, layer by layer",
+    ncols: int | None = None,
 ) -> Figure:
     """Draw the images of the lines from ``grid_lines`` after each layer, as lines.
 
     ``states``: list of (m, 2) tensors, the grid points pushed through the flow layer by
     layer (e.g. ``flow.trace(grid_lines())``); consecutive runs of ``resolution`` points are
     one line. Horizontal lines are drawn in one colour, vertical ones in another.
+    ``ncols``: panels per row (default all in one row).
     """
     arrays = _check_states(states)
     names = _panel_titles(titles, len(arrays))
@@ -279,10 +285,8 @@ def grid_warp(
             f"of {resolution} points each; use the same resolution as grid_lines"
         )
     first, second = sns.color_palette()[:2]
-    fig, axes = plt.subplots(
-        1, len(arrays), figsize=(size * len(arrays), size + 0.4), squeeze=False
-    )
-    for ax, points, name in zip(axes[0], arrays, names, strict=True):
+    fig, axes = _panels(len(arrays), size, ncols)
+    for ax, points, name in zip(axes, arrays, names, strict=True):
         line_pts = points.reshape(-1, resolution, 2)
         half = len(line_pts) // 2
         ax.add_collection(LineCollection(line_pts[:half], colors=[first], linewidths=0.8))
@@ -388,6 +392,6 @@ def digit_grid(
     ax = _new_ax(ax, figsize=(0.45 * per_row + 1, 0.45 * rows + 0.8))
     ax.imshow(canvas, cmap=colours, vmin=low, vmax=high if high > low else low + 1)
     ax.grid(False)
-    ax.set(xticks=[], yticks=[])
-    ax.set(title=title, xlabel=f"{n} images of {side}x{side} pixels", ylabel=f"{rows} rows")
+    # A grid of images has no axes to name: no ticks, no axis labels, only the title.
+    ax.set(xticks=[], yticks=[], title=title)
     return ax

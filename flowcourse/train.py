@@ -258,6 +258,7 @@ def fit(
                 if patience is not None and evals_since_best >= patience:
                     history.stopped_early = step < steps
                     bar.set_description(f"{desc} (stopped early at step {step})", refresh=False)
+                    bar.update(step - bar.n)  # the bar ends where training did
                     break
 
             if step % report_every == 0 or step == steps:

@@ -117,19 +117,27 @@ def test_warps_and_grid_warp():
     with pytest.raises(ValueError, match="same resolution as grid_lines"):
         plot.grid_warp([grid], resolution=30)
 
+    # ncols wraps the panels into rows: 3 states, 2 per row -> 2 rows, no empty panel.
+    for fig in (plot.warps(states, ncols=2), plot.grid_warp([grid] * 3, resolution=20, ncols=2)):
+        assert len(fig.axes) == 3 and all(_labelled(ax) for ax in fig.axes)
+        assert len({round(ax.get_position().y0, 3) for ax in fig.axes}) == 2
+        assert fig.get_size_inches()[1] == pytest.approx(2 * (2.6 + 0.4))
+    with pytest.raises(ValueError, match="ncols must be"):
+        plot.warps(states, ncols=0)
+
 
 def test_warps_wraps_onto_rows():
     z = torch.randn(50, 2)
     states = [z * (k + 1) for k in range(7)]
-    fig = plot.warps(states, size=2.0, columns=4)
+    fig = plot.warps(states, size=2.0, ncols=4)
     assert len(fig.axes) == 7 and all(_labelled(ax) for ax in fig.axes)
     width, height = fig.get_size_inches()
     assert (width, height) == (8.0, 2 * 2.4)  # two rows of four panels; the eighth is removed
     rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
     assert len(rows) == 2
-    assert len(plot.warps(states[:2], columns=4).axes) == 2  # never more columns than panels
-    with pytest.raises(ValueError, match="columns must be"):
-        plot.warps(states, columns=0)
+    assert len(plot.warps(states[:2], ncols=4).axes) == 2  # never more columns than panels
+    with pytest.raises(ValueError, match="ncols must be"):
+        plot.warps(states, ncols=0)
 
 
 def test_warps_keeps_given_bounds_without_warnings(caplog):
@@ -160,9 +168,11 @@ def test_training_curves():
 def test_digit_grid():
     digits = load_digits("integer")
     ax = plot.digit_grid(digits.train[:20], nrow=5, title="some digits")
-    assert _labelled(ax) and ax.get_title() == "some digits"
+    assert ax.get_title() == "some digits"
+    # Images, not axes: no ticks and no axis labels to read.
+    assert ax.get_xlabel() == ax.get_ylabel() == "" and not ax.get_xticks().size
     assert ax.get_images()[0].get_array().shape == (4 * 9 + 1, 5 * 9 + 1)
-    assert _labelled(plot.digit_grid(digits.train[:7].reshape(7, 8, 8).numpy()))
+    assert plot.digit_grid(digits.train[:7].reshape(7, 8, 8).numpy()).get_title()
     with pytest.raises(ValueError, match="not square"):
         plot.digit_grid(torch.zeros(3, 10))
     with pytest.raises(ValueError, match="nrow must be"):

@@ -234,6 +234,15 @@ def test_progress_bar_runs(capsys):
     assert "toy" in err and "20/20" in err
 
 
+def test_progress_bar_ends_where_early_stopping_did(capsys):
+    torch.manual_seed(0)
+    model, x = DiagGaussian(), gaussian_data(200)
+    h = fit(model, x, steps=500, lr=0.05, val_data=x[:50], eval_every=7, patience=1, desc="toy")
+    assert h.stopped_early
+    err = capsys.readouterr().err
+    assert f"toy (stopped early at step {h.steps})" in err and f" {h.steps}/500 " in err, err
+
+
 def test_evaluate_matches_one_big_batch():
     model, x = DiagGaussian(), gaussian_data(1000)
     assert evaluate(model, x, batch_size=64) == pytest.approx(nll_loss(model, x).item(), rel=1e-6)
