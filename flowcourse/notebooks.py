@@ -81,6 +81,9 @@ def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timi
     nb = nbformat.read(path, as_version=4)
     timing = run(nb, path.parent, timeout=timeout)
     if write:
+        # Progress bars replace their widget by text when they close (train.progress_bar), so
+        # the widgets' state would only add size to the file.
+        nb.metadata.pop("widgets", None)
         nbformat.write(nb, path)
     return Timing(path, timing.wall, timing.cpu)
 
@@ -165,6 +168,8 @@ def hygiene_problems(path: str | Path, *, executed: bool = True) -> list[str]:
             f"{path}: execution counts {counts} are not 1..{len(counts)}: "
             "re-run it from a fresh kernel with `make execute NB=...`"
         )
+    if nb.metadata.get("widgets"):
+        problems.append(f"{path}: stores widget state (re-execute it with `make execute NB=...`)")
     name = nb.metadata.get("kernelspec", {}).get("name")
     if name != "python3":
         problems.append(f"{path}: kernelspec is {name!r}, expected 'python3'")

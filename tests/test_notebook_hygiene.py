@@ -115,8 +115,10 @@ def test_hygiene_catches_what_a_reader_should_not_meet(tmp_path):
     ]
     bar = nbformat.v4.new_output("display_data", data={"text/plain": "fit:   0%|  | 0/300"})
     nb.cells[2].outputs = [bar]
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
     nbformat.write(nb, path)
     problems = hygiene_problems(path)
+    assert any("stores widget state" in p for p in problems), problems
     assert any("absolute path (/home/me/work/x.pt)" in p for p in problems), problems
     assert any("progress bar at 0%" in p for p in problems), problems
     assert any("2 of 4 code cells are visible assertion-only" in p for p in problems), problems
@@ -125,5 +127,6 @@ def test_hygiene_catches_what_a_reader_should_not_meet(tmp_path):
     nb.cells[3].metadata["tags"] = ["hide-cell"]
     nb.cells[0].outputs[0].text = "gap 0.035 nats/point, saved in results/04.json\n"
     bar.data["text/plain"] = "fit: 100%|#####| 300/300 [00:02<00:00]"
+    del nb.metadata["widgets"]
     nbformat.write(nb, path)
     assert hygiene_problems(path) == []
