@@ -137,7 +137,7 @@ PLANTED: dict[str, list[list[tuple[str, str, str, str]]]] = {
              "z0 = reparameterize(mean, log_var, eps)[0]\n"
              "    log_prior = -0.5 * (z0**2).sum(-1) - 0.5 * z0.shape[-1] * LOG_2PI",
              "the prior is evaluated at z0"),
-            ("fit_flow_posterior", "n_layers=8", "n_layers=0", "close at least"),
+            ("fit_flow_posterior", "n_layers=16", "n_layers=0", "close at least"),
         ]
     ],
 }  # fmt: skip
