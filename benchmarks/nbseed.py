@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -175,9 +177,10 @@ def notebook_results(
 ) -> dict:
     """Run a copy of the notebook at ``path`` with ``setup(seed=seed)``; return its variables.
 
-    The copy runs in a fresh ``python3`` kernel in the notebook's folder; the notebook file is
-    not modified. Returns ``{name: value}`` with values converted to JSON types (a DataFrame
-    becomes a list of row dicts).
+    The copy runs in a fresh ``python3`` kernel in a scratch folder with a copy of the
+    notebook folder's ``results/`` (see :mod:`flowcourse.results`); neither the notebook file
+    nor its stored results are modified. Returns ``{name: value}`` with values converted to
+    JSON types (a DataFrame becomes a list of row dicts).
 
     ``failures=None``: the first failing cell raises. With a list, the run goes on past failing
     cells (an assertion cell whose tolerance another seed misses should not hide the table)
@@ -189,7 +192,14 @@ def notebook_results(
     path = Path(path)
     nb = seeded_copy(nbformat.read(path, as_version=4), seed)
     nb.cells.append(nbformat.v4.new_code_cell(results_cell(variables)))
-    run(nb, path.parent, timeout=timeout, allow_errors=failures is not None)
+    # The copy runs in a scratch folder holding a copy of the notebook folder's results/: it
+    # reads what earlier notebooks stored, and what it records with another seed stays there
+    # instead of overwriting the committed results of the notebook itself.
+    with tempfile.TemporaryDirectory(prefix="nbseed-") as scratch:
+        stored = path.parent / "results"
+        if stored.is_dir():
+            shutil.copytree(stored, Path(scratch) / "results")
+        run(nb, scratch, timeout=timeout, allow_errors=failures is not None)
     errors = cell_errors(nb)
     last = errors[-1] if errors else ""
     if last.startswith(f"code cell {sum(c.cell_type == 'code' for c in nb.cells)}:"):
