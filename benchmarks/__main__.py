@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import flowmatching, nbtables, realnvp, runtime, testsuite
+from benchmarks import flowmatching, grading, nbtables, realnvp, runtime, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -39,6 +39,7 @@ PARTS = [
     "flowmatching",
     "nb09",
     "nb10",
+    "grading",
     "testsuite",
 ]
 TITLES = {
@@ -50,7 +51,8 @@ TITLES = {
     "flowmatching": "3b. Flow matching on two moons and eight Gaussians over seeds",
     "nb09": "3c. Notebook 09 over seeds",
     "nb10": "3d. Notebook 10 over seeds",
-    "testsuite": "4. Test suite from a fresh clone",
+    "grading": "4. Grading the solutions with fresh grader seeds",
+    "testsuite": "5. Test suite from a fresh clone",
 }
 
 
@@ -71,6 +73,8 @@ def summary_text(results: Path) -> str:
             body = flowmatching.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
+        elif part == "grading":
+            body = grading.summarise(rows)
         else:
             body = nbtables.summarise(nbtables.TABLES[part], rows)
         m = machines.get(part)
@@ -156,6 +160,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--testsuite-repeats", type=int, default=1)
     p.add_argument(
+        "--grading-seeds", type=int, default=200, help="fresh grader seeds (grading part)"
+    )
+    p.add_argument(
+        "--assignments", nargs="+", help="only these assignments (grading part; default: all)"
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the runs already in the CSVs and do only the missing ones",
@@ -211,6 +221,13 @@ def main(argv: list[str] | None = None) -> int:
                 flowmatching.run(results, seeds=args.seeds, resume=args.resume)
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
+            elif part == "grading":
+                grading.run(
+                    results,
+                    count=args.grading_seeds,
+                    assignments=args.assignments,
+                    resume=args.resume,
+                )
             else:
                 nbtables.run(nbtables.TABLES[part], results, seeds=args.seeds, resume=args.resume)
             # The machine of the last run that added rows (a resumed run with nothing to do

@@ -380,27 +380,29 @@ def test_notebook_results_runs_a_seeded_copy_and_leaves_the_file_alone(tmp_path)
     assert not any(m == "note" for _, m, _ in rows)  # text columns label rows, not metrics
 
 
-def test_seeded_copy_reads_stored_results_and_leaves_them_alone(tmp_path):
-    """A seeded run reads what earlier notebooks recorded; what it records itself with another
-    seed must not overwrite the committed results of the notebook."""
-    from flowcourse.results import read, record
-
-    record("05_earlier", score=94.0, folder=tmp_path / "results")
-    record("10_tiny", score=1.0, folder=tmp_path / "results")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()}
+def test_a_seeded_copy_records_its_results_in_its_own_folder(tmp_path):
+    # A copy that records (flowcourse.results) must not overwrite the notebook's stored
+    # results, and must still read what earlier notebooks recorded.
+    path = tmp_path / "tiny.ipynb"
     nb = _tiny_notebook()
     nb.cells.append(
         nbformat.v4.new_code_cell(
-            "from flowcourse import results\n"
-            "earlier = results.read('05_earlier')['score']\n"
-            "results.record('10_tiny', score=draw)"
+            "from flowcourse.results import read, record\n"
+            "earlier = read('03_earlier')['x']\n"
+            "record('04_tiny', gap=draw)"
         )
     )
-    nbformat.write(nb, tmp_path / "tiny.ipynb")
-    got = notebook_results(tmp_path / "tiny.ipynb", 3, ["earlier"], timeout=120)
-    assert got == {"earlier": 94.0}
-    assert {p.name: p.read_bytes() for p in (tmp_path / "results").iterdir()} == before
-    assert read("10_tiny", folder=tmp_path / "results") == {"score": 1.0}
+    nbformat.write(nb, path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "03_earlier.json").write_text('{"x": 2.5}\n')
+    (tmp_path / "results" / "04_tiny.json").write_text('{"gap": 0.1}\n')
+    got = notebook_results(path, 1, ["earlier", "draw"], timeout=120)
+    assert got["earlier"] == 2.5
+    assert (tmp_path / "results" / "04_tiny.json").read_text() == '{"gap": 0.1}\n'
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "03_earlier.json",
+        "04_tiny.json",
+    ]
 
 
 def test_notebook_table_part_records_seeds_and_summarises(tmp_path, monkeypatch):
