@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import grading, nbtables, realnvp, runtime, testsuite
+from benchmarks import flowmatching, grading, nbtables, realnvp, runtime, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -30,13 +30,27 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "grading", "testsuite"]
+PARTS = [
+    "runtime",
+    "realnvp",
+    "nb04",
+    "nb05",
+    "vae",
+    "flowmatching",
+    "nb09",
+    "nb10",
+    "grading",
+    "testsuite",
+]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
     "nb05": "2c. Notebook 05 over seeds",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
+    "flowmatching": "3b. Flow matching on two moons and eight Gaussians over seeds",
+    "nb09": "3c. Notebook 09 over seeds",
+    "nb10": "3d. Notebook 10 over seeds",
     "grading": "4. Grading the solutions with fresh grader seeds",
     "testsuite": "5. Test suite from a fresh clone",
 }
@@ -55,6 +69,8 @@ def summary_text(results: Path) -> str:
             body = runtime.summarise(rows)
         elif part == "realnvp":
             body = realnvp.summarise(rows)
+        elif part == "flowmatching":
+            body = flowmatching.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
         elif part == "grading":
@@ -134,7 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="seeds for realnvp, nb04, nb05 and vae",
+        help="seeds for realnvp, nb04, nb05, vae, flowmatching, nb09 and nb10",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(
@@ -201,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
                     models=args.models,
                     resume=args.resume,
                 )
+            elif part == "flowmatching":
+                flowmatching.run(results, seeds=args.seeds, resume=args.resume)
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
             elif part == "grading":

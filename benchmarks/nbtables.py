@@ -51,6 +51,16 @@ REALNVP_VARIABLES: list[str] = ["gap_table"]
 DIGITS_NOTEBOOK = "notebooks/05_realnvp_digits.ipynb"
 DIGITS_VARIABLES: list[str] = ["bpd_table", "ood_table"]
 
+# Notebook 09's table: flow matching and maximum likelihood on two moons (gap at 32 RK4 steps,
+# its standard error, grid mass), and the adaptive solver's gap for the flow-matching field.
+CONTINUOUS_NOTEBOOK = "notebooks/09_continuous_flows.ipynb"
+CONTINUOUS_VARIABLES: list[str] = ["summary_table", "adaptive_gap"]
+
+# Notebook 10's score: flow matching on the 17-level digits (test nats per image, its standard
+# error, bits per dimension).
+CAPSTONE_NOTEBOOK = "notebooks/10_flow_matching_digits.ipynb"
+CAPSTONE_VARIABLES: list[str] = ["fm_nats", "fm_se", "fm_bits"]
+
 TABLES = {
     "vae": NotebookTable(
         "vae",
@@ -75,6 +85,22 @@ TABLES = {
         "dimension), and the AUROC with which a flow trained without 1s and 7s tells them from "
         "its own test digits (from the NLL alone, and corrected for complexity with zlib), over "
         "seeds: each seed runs a copy of the notebook with `flowcourse.setup(seed=k)`.",
+    ),
+    "nb09": NotebookTable(
+        "nb09",
+        CONTINUOUS_NOTEBOOK,
+        CONTINUOUS_VARIABLES,
+        "Notebook 09's flow-matching and maximum-likelihood continuous flows on two moons (gap "
+        "to the exact density in nats, RK4 with 32 steps, and the mass on a grid), over seeds: "
+        "each seed runs a copy of the notebook with `flowcourse.setup(seed=k)`.",
+    ),
+    "nb10": NotebookTable(
+        "nb10",
+        CAPSTONE_NOTEBOOK,
+        CAPSTONE_VARIABLES,
+        "Notebook 10's flow matching on the 17-level 8x8 digits (test nats per image under "
+        "notebook 05's bound, its standard error over images, bits per dimension), over seeds: "
+        "each seed runs a copy of the notebook with `flowcourse.setup(seed=k)`.",
     ),
 }
 

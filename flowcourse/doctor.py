@@ -19,6 +19,7 @@ NOTEBOOK_MODULES = {
     "seaborn": "seaborn",
     "sklearn": "scikit-learn",
     "tqdm": "tqdm",
+    "torchdiffeq": "torchdiffeq",
     "ipywidgets": "ipywidgets",
     "ipykernel": "ipykernel",
     "nbformat": "nbformat",

@@ -12,7 +12,7 @@ import math
 import nbformat
 import pytest
 
-from benchmarks import nbtables, realnvp, runtime, testsuite
+from benchmarks import flowmatching, nbtables, realnvp, runtime, testsuite
 from benchmarks.__main__ import main, parse_args, summary_text
 from benchmarks.common import ResultFile, read_csv, record_machine, spread
 from benchmarks.nbseed import MARKER, notebook_results, results_cell, seeded_copy
@@ -129,6 +129,58 @@ def test_realnvp_summary_reports_spread_failures_and_speed_ratio():
     assert "| zuko | 2000 | 2/3 | 0.370 ± 0.000 | 0.370 / 0.370 / failed |" in text
     assert "| 0.50 |" in text  # zuko's ms per step relative to the course's
     assert "zuko seed 2: diverged" in text
+
+
+def test_flowmatching_summary_reports_spread_targets_and_failures():
+    def row(dataset, seed, gap, status="ok"):
+        return {
+            "dataset": dataset,
+            "seed": str(seed),
+            "steps": "17000",
+            "test_nll": str(0.3 + gap),
+            "exact_nll": "0.3",
+            "gap": str(gap),
+            "gap_se": "0.007",
+            "gap_8_steps": str(gap - 0.02),
+            "grid_mass": "0.999",
+            "train_cpu_s": "27",
+            "status": status,
+        }
+
+    rows = [row("moons", s, 0.06 + s / 100) for s in range(3)]
+    rows += [row("8gaussians", 0, 0.02), row("8gaussians", 1, 0.07)]
+    rows += [row("8gaussians", 2, math.nan, "error: boom")]
+    text = flowmatching.summarise(rows)
+    assert "| moons | 17000 | 3/3 | 0.070 ± 0.010 (0.060-0.080) |" in text
+    assert "| <= 0.1 | yes |" in text
+    assert "| 8gaussians | 17000 | 2/3 |" in text and "| <= 0.05 | no |" in text
+    assert "8gaussians seed 2: error: boom" in text
+
+
+def test_flowmatching_run_records_one_row_per_dataset_and_seed(tmp_path, monkeypatch):
+    for name, value in [
+        ("N_TRAIN", 256),
+        ("N_TEST", 64),
+        ("EVAL_STEPS", 2),
+        ("GRID_SPACING", 0.25),
+    ]:
+        monkeypatch.setattr(flowmatching, name, value)
+    flowmatching.run(tmp_path, seeds=[0], steps=5)
+    rows = read_csv(tmp_path / "flowmatching.csv")
+    assert [(r["dataset"], r["seed"], r["status"]) for r in rows] == [
+        ("moons", "0", "ok"),
+        ("8gaussians", "0", "ok"),
+    ]
+    assert all(math.isfinite(float(r["gap"])) and float(r["grid_mass"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("part", ["nb09", "nb10"])
+def test_notebook_tables_name_variables_their_notebook_assigns(part):
+    table = nbtables.TABLES[part]
+    nb = nbformat.read(nbtables.ROOT / table.notebook, as_version=4)
+    source = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for name in table.variables:
+        assert f"\n{name} = " in "\n" + source or f"{name}, " in source, name
 
 
 def test_benchmark_loop_trains_exactly_as_fit_does():
