@@ -86,39 +86,40 @@ def rq_knots(
     bins = _check_params(widths, heights, derivatives)
     bound = _check_bound(bound)
     _check_settings(bins, min_bin, min_derivative)
-
-    def knots(raw: Tensor) -> Tensor:
-        share = min_bin + (1 - min_bin * bins) * torch.softmax(raw, dim=-1)
-        inner = -bound + 2 * bound * torch.cumsum(share, dim=-1)[..., :-1]
-        return F.pad(F.pad(inner, (1, 0), value=-bound), (0, 1), value=bound)
-
+    widths, heights = torch.broadcast_tensors(widths, heights)
+    share = min_bin + (1 - min_bin * bins) * torch.softmax(torch.stack([widths, heights]), -1)
+    cumulative = torch.cumsum(share, dim=-1)
+    cumulative = cumulative / cumulative[..., -1:]  # ends at exactly 1, so the last knot at B
+    knots = -bound + 2 * bound * F.pad(cumulative, (1, 0))
     # softplus(offset) = 1 - min_derivative: a raw 0 is a slope of exactly 1.
     offset = math.log(math.expm1(1 - min_derivative))
     slopes = min_derivative + F.softplus(derivatives + offset)
-    return knots(widths), knots(heights), F.pad(slopes, (1, 1), value=1.0)
+    return knots[0], knots[1], F.pad(slopes, (1, 1), value=1.0)
 
 
-def _gather(knots: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-    """Values of ``knots (..., K + 1)`` at ``index`` and ``index + 1`` (``index: (..., 1)``)."""
-    return knots.gather(-1, index).squeeze(-1), knots.gather(-1, index + 1).squeeze(-1)
+def _table(v: Tensor, *params: Tensor, **settings: float) -> tuple[Tensor, Tensor]:
+    """``v`` broadcast against the parameters, and the knots as one ``(..., 3, K + 1)`` table."""
+    table = torch.stack(torch.broadcast_tensors(*rq_knots(*params, **settings)), dim=-2)
+    return v.expand(torch.broadcast_shapes(v.shape, table.shape[:-2])), table
 
 
-def _bin(v: Tensor, knots: Tensor) -> Tensor:
-    """Bin index of ``v`` in ``[-B, B]``: the number of inner knots at or below it."""
-    return (v[..., None] >= knots[..., 1:-1]).sum(-1, keepdim=True)
+def _bin_ends(v: Tensor, edges: int, table: Tensor) -> tuple[Tensor, ...]:
+    """``x0, x1, y0, y1, d0, d1``: the knots at both ends of the bin of each ``v``.
+
+    ``v: (...)`` in ``[-B, B]``, binned by row ``edges`` of ``table: (..., 3, K + 1)`` (0: the
+    x knots, 1: the y knots): its bin is the number of inner knots at or below it.
+    """
+    table = table.expand(*v.shape, *table.shape[-2:])
+    k = (v[..., None] >= table[..., edges, 1:-1]).sum(-1, keepdim=True)
+    index = torch.cat([k, k + 1], dim=-1)[..., None, :].expand(*v.shape, 3, 2)
+    ends = table.gather(-1, index)  # one gather for the six numbers
+    return tuple(ends[..., row, side] for row in range(3) for side in range(2))
 
 
-def _log_slope(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor) -> Tensor:
-    """``log dy/dx`` inside a bin: ``s^2 (d1 xi^2 + 2 s xi(1-xi) + d0 (1-xi)^2) / denom^2``."""
-    between = xi * (1 - xi)
-    numerator = d1 * xi**2 + 2 * s * between + d0 * (1 - xi) ** 2
-    denominator = s + (d0 + d1 - 2 * s) * between
-    return 2 * s.log() + numerator.log() - 2 * denominator.log()
-
-
-def _broadcast(x: Tensor, *params: Tensor) -> list[Tensor]:
-    shape = torch.broadcast_shapes(x.shape, *(p.shape[:-1] for p in params))
-    return [x.expand(shape)] + [p.expand(*shape, p.shape[-1]) for p in params]
+def _log_slope(xi: Tensor, s: Tensor, d0: Tensor, d1: Tensor, denominator: Tensor) -> Tensor:
+    """``log dy/dx = log(s^2 (d1 xi^2 + 2 s xi (1 - xi) + d0 (1 - xi)^2) / denominator^2)``."""
+    numerator = d1 * xi**2 + 2 * s * xi * (1 - xi) + d0 * (1 - xi) ** 2
+    return torch.log(s**2 * numerator / denominator**2)
 
 
 def rq_spline(
@@ -136,18 +137,18 @@ def rq_spline(
     (one set of ``K`` per element of ``x``, or one shared set). Identity, log-det 0, outside
     ``[-B, B]``.
     """
-    xk, yk, dk = rq_knots(widths, heights, derivatives, bound, min_bin, min_derivative)
-    x, xk, yk, dk = _broadcast(x, xk, yk, dk)
+    settings = {"bound": bound, "min_bin": min_bin, "min_derivative": min_derivative}
+    x, table = _table(x, widths, heights, derivatives, **settings)
     inside = (x >= -bound) & (x <= bound)
     x_in = x.clamp(-bound, bound)  # tails: safe numbers for the arithmetic, then discarded
-    k = _bin(x_in, xk)
-    (x0, x1), (y0, y1), (d0, d1) = _gather(xk, k), _gather(yk, k), _gather(dk, k)
+    x0, x1, y0, y1, d0, d1 = _bin_ends(x_in, 0, table)
     s = (y1 - y0) / (x1 - x0)
     xi = (x_in - x0) / (x1 - x0)
     between = xi * (1 - xi)
-    y = y0 + (y1 - y0) * (s * xi**2 + d0 * between) / (s + (d0 + d1 - 2 * s) * between)
-    log_det = _log_slope(xi, s, d0, d1)
-    return torch.where(inside, y, x), torch.where(inside, log_det, torch.zeros_like(log_det))
+    denominator = s + (d0 + d1 - 2 * s) * between
+    y = y0 + (y1 - y0) * (s * xi**2 + d0 * between) / denominator
+    log_det = _log_slope(xi, s, d0, d1, denominator)
+    return torch.where(inside, y, x), torch.where(inside, log_det, 0.0)
 
 
 def rq_spline_inverse(
@@ -167,12 +168,11 @@ def rq_spline_inverse(
     ``(-b + sqrt(...)) / 2a`` is the same number but divides by ``a``, which is 0 for a straight
     bin, and cancels digits when ``4ac`` is small.
     """
-    xk, yk, dk = rq_knots(widths, heights, derivatives, bound, min_bin, min_derivative)
-    y, xk, yk, dk = _broadcast(y, xk, yk, dk)
+    settings = {"bound": bound, "min_bin": min_bin, "min_derivative": min_derivative}
+    y, table = _table(y, widths, heights, derivatives, **settings)
     inside = (y >= -bound) & (y <= bound)
     y_in = y.clamp(-bound, bound)
-    k = _bin(y_in, yk)
-    (x0, x1), (y0, y1), (d0, d1) = _gather(xk, k), _gather(yk, k), _gather(dk, k)
+    x0, x1, y0, y1, d0, d1 = _bin_ends(y_in, 1, table)
     h = y1 - y0
     s = h / (x1 - x0)
     dy = y_in - y0
@@ -183,8 +183,9 @@ def rq_spline_inverse(
     xi = (2 * c) / (-b - (b * b - 4 * a * c).clamp_min(0).sqrt())
     xi = xi.clamp(0, 1)  # rounding can step a hair outside the bin
     x = x0 + xi * (x1 - x0)
-    log_det = -_log_slope(xi, s, d0, d1)
-    return torch.where(inside, x, y), torch.where(inside, log_det, torch.zeros_like(log_det))
+    denominator = s + curve * xi * (1 - xi)
+    log_det = -_log_slope(xi, s, d0, d1, denominator)
+    return torch.where(inside, x, y), torch.where(inside, log_det, 0.0)
 
 
 class SplineCoupling(Bijection):
