@@ -23,6 +23,7 @@ NOTEBOOK_MODULES = {
     "ipykernel": "ipykernel",
     "nbformat": "nbformat",
     "nbclient": "nbclient",
+    "zuko": "zuko",
 }
 
 
