@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import nbtables, realnvp, runtime, testsuite
+from benchmarks import nbtables, realnvp, runtime, splines, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -30,12 +30,13 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "testsuite"]
+PARTS = ["runtime", "realnvp", "nb04", "nb05", "splines", "vae", "testsuite"]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
     "nb05": "2c. Notebook 05 over seeds",
+    "splines": "2d. Notebook 08: spline flows, MAF and RealNVP over seeds; zuko's NSF",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
     "testsuite": "4. Test suite from a fresh clone",
 }
@@ -54,6 +55,8 @@ def summary_text(results: Path) -> str:
             body = runtime.summarise(rows)
         elif part == "realnvp":
             body = realnvp.summarise(rows)
+        elif part == "splines":
+            body = splines.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
         else:
@@ -131,7 +134,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="seeds for realnvp, nb04, nb05 and vae",
+        help="seeds for realnvp, nb04, nb05, splines and vae",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(
@@ -181,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path = results / f"{part}.csv"
             before = csv_path.stat().st_mtime_ns if csv_path.exists() else None
             # The machine as the part starts (its date is the start of the run).
-            info = machine(realnvp.library_versions() if part == "realnvp" else None)
+            with_libraries = part in ("realnvp", "splines")
+            info = machine(realnvp.library_versions() if with_libraries else None)
             if part == "runtime":
                 runtime.run(results, repeats=args.repeats, resume=args.resume)
             elif part == "realnvp":
@@ -192,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                     models=args.models,
                     resume=args.resume,
                 )
+            elif part == "splines":
+                splines.run(results, seeds=args.seeds, resume=args.resume)
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
             else:
