@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import nbtables, realnvp, runtime, splines, testsuite
+from benchmarks import grading, nbtables, realnvp, runtime, splines, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -30,7 +30,7 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "nb05", "splines", "vae", "testsuite"]
+PARTS = ["runtime", "realnvp", "nb04", "nb05", "splines", "vae", "grading", "testsuite"]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
@@ -38,7 +38,8 @@ TITLES = {
     "nb05": "2c. Notebook 05 over seeds",
     "splines": "2d. Notebook 08: spline flows, MAF and RealNVP over seeds; zuko's NSF",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
-    "testsuite": "4. Test suite from a fresh clone",
+    "grading": "4. Grading the solutions with fresh grader seeds",
+    "testsuite": "5. Test suite from a fresh clone",
 }
 
 
@@ -59,6 +60,8 @@ def summary_text(results: Path) -> str:
             body = splines.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
+        elif part == "grading":
+            body = grading.summarise(rows)
         else:
             body = nbtables.summarise(nbtables.TABLES[part], rows)
         m = machines.get(part)
@@ -144,6 +147,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--testsuite-repeats", type=int, default=1)
     p.add_argument(
+        "--grading-seeds", type=int, default=200, help="fresh grader seeds (grading part)"
+    )
+    p.add_argument(
+        "--assignments", nargs="+", help="only these assignments (grading part; default: all)"
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="keep the runs already in the CSVs and do only the missing ones",
@@ -200,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                 splines.run(results, seeds=args.seeds, resume=args.resume)
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
+            elif part == "grading":
+                grading.run(
+                    results,
+                    count=args.grading_seeds,
+                    assignments=args.assignments,
+                    resume=args.resume,
+                )
             else:
                 nbtables.run(nbtables.TABLES[part], results, seeds=args.seeds, resume=args.resume)
             # The machine of the last run that added rows (a resumed run with nothing to do

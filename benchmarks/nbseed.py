@@ -20,6 +20,8 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -28,6 +30,9 @@ __all__ = ["MARKER", "SEED_STRIDE", "seeded_copy", "results_cell", "notebook_res
 
 MARKER = "BENCHMARK-RESULTS:"
 SEED_STRIDE = 1000
+# Seeded copies run here, not beside the notebook: what they record must not overwrite the
+# notebook's own results/ (flowcourse.results writes to the current folder's results/).
+WORK = Path(__file__).resolve().parent / ".work"
 
 # flowcourse.setup(...) or a bare setup(...) (after "from flowcourse import setup").
 _SETUP = re.compile(r"(?<![\w.])(?:flowcourse\.)?setup\((?P<args>[^()]*)\)")
@@ -175,9 +180,10 @@ def notebook_results(
 ) -> dict:
     """Run a copy of the notebook at ``path`` with ``setup(seed=seed)``; return its variables.
 
-    The copy runs in a fresh ``python3`` kernel in the notebook's folder; the notebook file is
-    not modified. Returns ``{name: value}`` with values converted to JSON types (a DataFrame
-    becomes a list of row dicts).
+    The copy runs in a fresh ``python3`` kernel in a temporary folder under ``benchmarks/.work``
+    that holds a copy of the notebook folder's ``results/``: the notebook file and its stored
+    results are not modified. Returns ``{name: value}`` with values converted to JSON types (a
+    DataFrame becomes a list of row dicts).
 
     ``failures=None``: the first failing cell raises. With a list, the run goes on past failing
     cells (an assertion cell whose tolerance another seed misses should not hide the table)
@@ -189,7 +195,12 @@ def notebook_results(
     path = Path(path)
     nb = seeded_copy(nbformat.read(path, as_version=4), seed)
     nb.cells.append(nbformat.v4.new_code_cell(results_cell(variables)))
-    run(nb, path.parent, timeout=timeout, allow_errors=failures is not None)
+    WORK.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{path.stem}-seed{seed}-", dir=WORK) as folder:
+        # Earlier notebooks' results, which this one may read; its own records stay here.
+        if (path.parent / "results").is_dir():
+            shutil.copytree(path.parent / "results", Path(folder) / "results")
+        run(nb, folder, timeout=timeout, allow_errors=failures is not None)
     errors = cell_errors(nb)
     last = errors[-1] if errors else ""
     if last.startswith(f"code cell {sum(c.cell_type == 'code' for c in nb.cells)}:"):

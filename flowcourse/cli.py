@@ -1,4 +1,4 @@
-"""The ``flowcourse`` command: ``python -m flowcourse {doctor,execute,release,grade}``."""
+"""The ``flowcourse`` command: ``python -m flowcourse {doctor,execute,release,grade,merge}``."""
 
 from __future__ import annotations
 
@@ -49,7 +49,21 @@ def _grade(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         limits=limits,
         seed=args.seed,
+        shard=args.shard,
+        no_sandbox=args.no_sandbox,
     )
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from flowcourse.grading import merge
+
+    try:
+        written = merge(args.folders, args.out)
+    except ValueError as error:
+        print(error)
+        return 2
+    print(f"merged {len(args.folders)} result folder(s); wrote {', '.join(map(str, written))}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +98,20 @@ def main(argv: list[str] | None = None) -> int:
     gr.add_argument("--timeout", type=float, default=600.0, help="seconds per submission in all")
     gr.add_argument("--memory-mb", type=int, default=4096, help="address-space cap per kernel, MB")
     gr.add_argument("--seed", type=int, help="fix the grader's inputs (default: fresh each run)")
+    gr.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="grade every N-th submission from the K-th (a job array's slice); merge after",
+    )
+    gr.add_argument(
+        "--no-sandbox",
+        action="store_true",
+        help="run kernels without bubblewrap: time and memory limits only (trusted work)",
+    )
+
+    mg = sub.add_parser("merge", help="combine the --out folders of grading shards")
+    mg.add_argument("folders", nargs="+", help="--out folders (or grades.json files) of shards")
+    mg.add_argument("--out", default="grades", help="folder for the combined results")
 
     args = parser.parse_args(argv)
     if args.command == "doctor":
@@ -94,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return _execute(args)
     if args.command == "grade":
         return _grade(args)
+    if args.command == "merge":
+        return _merge(args)
     return _release(args)
 
 

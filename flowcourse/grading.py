@@ -1,54 +1,60 @@
 """Grade submitted assignment notebooks: ``python -m flowcourse grade PATH... --out DIR``.
 
-A submission is untrusted code. For each one the grader
+A submission is untrusted code. For each file the grader
 
-1. reads the file once and never writes to it; a file that is not a notebook is reported, not
-   fatal. The assignment comes from the notebook's metadata (``flowcourse.assignment``, set by
+1. reads it once into memory (a hash is kept to notice a file that changes while graded) and
+   keeps only the source of its code cells: outputs are dropped before anything runs, so a
+   notebook saved with huge outputs grades like its code. A file that is not a notebook, or a
+   notebook with wrong types in places (a cell whose source is a number, metadata of the
+   wrong shape), gets a row with a note saying what was wrong; it never stops the batch;
+2. tells the assignment from the notebook's metadata (``flowcourse.assignment``, set by
    ``release``), else from the file name, else from the functions it defines;
-2. starts a kernel of its own in an empty temporary folder (it never learns where the file
-   is), in a new process group, with an address-space cap (``RLIMIT_AS``, ``--memory-mb``),
-   ``FLOWCOURSE_GRADING=1`` (check cells do nothing), ``MPLBACKEND=Agg`` and no stdin, and
-   imports torch and the course's libraries there before any cell runs;
-3. runs the notebook's code cells in order with a wall-clock limit per cell (``--cell-timeout``)
-   and for the whole submission (``--timeout``). Errors are recorded and execution goes on.
-   A cell that overruns is interrupted; a kernel that ignores the interrupt, dies, or runs out
-   of memory is killed with its process group and restarted without that cell;
-4. for every task, sends a probe: the source of ``flowcourse.exercises`` (run in a fresh module
-   inside the kernel) calls the student's function on inputs drawn for this run from a fresh
-   seed and replies with plain data (JSON lists of floats) in a display message. Only that
-   message, matched to the probe's own request, is read; nothing the notebook printed counts;
-5. judges the data in this process against the reference implementations: the verdict is
-   never computed by the submission, so patching ``flowcourse`` or printing "PASS" gains
-   nothing, and a forged reply would have to hold the right answers to fresh inputs.
+3. starts a kernel in a sandbox of its own (:mod:`flowcourse.sandbox`: bubblewrap, user
+   ``nobody``, its own pid, mount and network namespaces, no view of the submissions, the
+   grader or other kernels, and a copy of ``flowcourse`` without the reference solutions),
+   with an address-space cap (``--memory-mb``), then imports torch there before any cell runs;
+4. runs the code cells in order with a wall-clock limit per cell (``--cell-timeout``) and for
+   the submission (``--timeout``). Errors are recorded and execution goes on. A cell that
+   overruns is interrupted; a kernel that ignores the interrupt, dies or exits is killed with
+   its namespace and restarted without that cell;
+5. for every task, sends a probe (:mod:`flowcourse.assignments.kernel`, as source text): it
+   calls the student's function on inputs drawn for this run and replies with plain data,
+   matched to the probe's own request; the earlier tasks a task depends on are replaced by
+   their references, sent only when that task is graded;
+6. judges the data in this process (:func:`flowcourse.assignments.core.judge`): the verdict is
+   never computed by the submission, so patching anything in the kernel, printing "PASS" or
+   calling the references (absent from the sandbox, and named in a note) gains nothing.
 
 Results: a table per submission on stdout; ``grades.json``, ``grades.csv`` (one row per
-submission and task, plus a TOTAL row) and ``totals.csv`` (one row per submission) in ``--out``.
-
-The grader contains time, memory and crashes; it is not a security sandbox for the file system
-or the network (a submission runs with the grader's user rights). Grade in a container or as an
-unprivileged user when submissions may be malicious.
+submission and task, plus a TOTAL row) and ``totals.csv`` (one row per submission) in
+``--out``. ``--shard K/N`` grades every N-th submission from the K-th, and
+``python -m flowcourse merge DIR... --out DIR`` combines the shards' results.
 """
 
 from __future__ import annotations
 
+import ast
 import csv
 import functools
+import hashlib
 import json
 import os
 import re
 import secrets
 import signal
 import subprocess
-import sys
 import tempfile
 import textwrap
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from flowcourse import exercises
-from flowcourse.exercises import ASSIGNMENTS, PROBE_MIME, Verdict
+from flowcourse import sandbox
+from flowcourse.assignments import ASSIGNMENTS, TASKS, Assignment, find
+from flowcourse.assignments import kernel as kernel_side
+from flowcourse.assignments.core import Verdict, fail, judge, make_inputs, references_source
 
 __all__ = [
     "Limits",
@@ -56,13 +62,17 @@ __all__ = [
     "grade_submission",
     "grade_paths",
     "find_submissions",
+    "select_shard",
     "write_results",
+    "merge",
     "main",
 ]
 
-MAX_FILE_BYTES = 20_000_000  # a submission larger than this is not read
+MAX_FILE_BYTES = 256_000_000  # a larger file is not read at all
+MAX_CODE_CHARS = 2_000_000  # the code cells of a notebook, outputs not counted
 MAX_PAYLOAD_CHARS = 50_000_000
 MAX_RESTARTS = 3
+GRADING_ENV = "FLOWCOURSE_GRADING"
 
 
 @dataclass(frozen=True)
@@ -76,7 +86,174 @@ class Limits:
     startup_timeout: float = 60.0
 
 
-# --- the kernel: a child process we start, cap, and can always kill --------------------------
+# --- reading a submission -----------------------------------------------------------------
+
+
+@dataclass
+class Notebook:
+    """What the grader keeps of a file: its code cells' source, and what was wrong with it."""
+
+    cells: list[str]
+    metadata_key: str | None
+    notes: list[str] = field(default_factory=list)
+    digest: str = ""
+
+
+def read_notebook(path: Path) -> tuple[Notebook | None, str | None]:
+    """``(notebook, None)``, or ``(None, why it is not a gradable notebook)``. Never raises."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            return (
+                None,
+                f"the file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES // 10**6} MB limit",
+            )
+        data = path.read_bytes()
+    except OSError as error:
+        return None, f"the file could not be read ({type(error).__name__}: {error})"
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        nb = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not a notebook: the file is not UTF-8 text"
+    except ValueError as error:
+        return None, f"not a notebook: the file is not valid JSON ({str(error)[:200]})"
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        return None, "not a notebook: the JSON has no list of cells"
+    notes: list[str] = []
+    metadata = nb.get("metadata")
+    key = None
+    if isinstance(metadata, dict):
+        own = metadata.get("flowcourse")
+        if isinstance(own, dict) and isinstance(own.get("assignment"), str):
+            key = own["assignment"]
+        elif own is not None:
+            notes.append("the notebook's metadata.flowcourse is not a mapping: ignored")
+    elif metadata is not None:
+        notes.append("the notebook's metadata is not a mapping: ignored")
+    cells, number = [], 0
+    for index, cell in enumerate(nb["cells"]):
+        if not isinstance(cell, dict):
+            notes.append(f"cell {index + 1} is not a JSON object: skipped")
+            continue
+        if cell.get("cell_type") != "code":
+            continue
+        number += 1
+        source = cell.get("source", "")
+        if isinstance(source, list) and all(isinstance(line, str) for line in source):
+            source = "".join(source)
+        if not isinstance(source, str):
+            notes.append(
+                f"code cell {number}'s source is not text ({type(source).__name__}): skipped"
+            )
+            source = ""
+        cells.append(source)
+    if sum(map(len, cells)) > MAX_CODE_CHARS:
+        return None, f"its code cells hold over {MAX_CODE_CHARS:,} characters: not graded"
+    return Notebook(cells, key, notes, digest), None
+
+
+def identify_assignment(
+    nb: Notebook | None, path: Path, override: str | None = None
+) -> Assignment | None:
+    """The assignment: ``override``, the notebook's metadata, the file name, or its code."""
+    if override:
+        return find(override)
+    if nb is not None and find(nb.metadata_key):
+        return find(nb.metadata_key)
+    for key, assignment in ASSIGNMENTS.items():
+        if key in path.name or any(alias in path.name for alias in assignment.aliases):
+            return assignment
+    if nb is None:
+        return None
+    code = "\n".join(nb.cells)
+    scores = {
+        key: sum(bool(re.search(rf"^\s*def\s+{t.name}\b", code, re.M)) for t in a.tasks)
+        for key, a in ASSIGNMENTS.items()
+    }
+    best = max(scores, key=scores.get)
+    return ASSIGNMENTS[best] if scores[best] > 0 else None
+
+
+# --- what the code says about itself: references and the package's own solutions ------------
+
+_REFERENCE_USE = re.compile(
+    r"flowcourse\.assignments|flowcourse\.exercises\s+import\s+(?!\(?\s*(check|report)\b)"
+    r"|\bexercises\.(?!check\b|report\b)\w+|\bREFERENCES\b|\bref_\w+\s*\("
+)
+
+
+def reference_notes(cells: list[str]) -> list[str]:
+    """Notes for code cells that reach for the course's reference implementations."""
+    notes = []
+    for index, source in enumerate(cells):
+        match = _REFERENCE_USE.search(source)
+        if match:
+            notes.append(
+                f"code cell {index + 1} reaches for the course's reference implementations "
+                f"({match.group(0).strip()!r}): they are not available while grading, so "
+                "tasks are graded on the student's own code"
+            )
+    return notes
+
+
+# CPython 3.11's parser is not safe to call from two threads at once ("AST constructor
+# recursion depth mismatch"), and submissions are graded in threads.
+_PARSE_LOCK = threading.Lock()
+
+
+def library_use(cells: list[str], task) -> str | None:
+    """The package function that computes ``task`` if the task's own function calls it."""
+    if not task.library:
+        return None
+    names: dict[str, str] = {}  # local name -> dotted origin
+    functions = []
+    for source in cells:
+        try:
+            with _PARSE_LOCK:
+                tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flowcourse"):
+                for alias in node.names:
+                    names[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    if alias.name.startswith("flowcourse"):
+                        names[alias.asname or alias.name.split(".")[0]] = (
+                            alias.name if alias.asname else alias.name.split(".")[0]
+                        )
+            elif isinstance(node, ast.FunctionDef) and node.name == task.name:
+                functions.append(node)
+    for function in functions:
+        for node in ast.walk(function):
+            if not isinstance(node, ast.Call):
+                continue
+            dotted = _dotted(node.func)
+            if not dotted:
+                continue
+            head, _, rest = dotted.partition(".")
+            origin = names.get(head)
+            if origin is None:
+                continue
+            full = f"{origin}.{rest}" if rest else origin
+            if full.rpartition(".")[2] in task.library:
+                return full
+    return None
+
+
+def _dotted(node) -> str:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return ""
+
+
+# --- the kernel: a sandboxed child process we start, cap, and can always kill -----------------
 
 # Imported before the notebook runs, so the per-cell limit times the student's code rather
 # than loading torch. Nothing is left in the notebook's namespace.
@@ -85,17 +262,6 @@ import importlib
 for _name in ("numpy", "torch", "matplotlib.pyplot", "seaborn", "flowcourse", "flowcourse.data"):
     importlib.import_module(_name)
 del _name, importlib
-"""
-
-_LAUNCHER = """\
-import resource, sys
-limit = int(sys.argv.pop(1))
-if limit > 0:
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-if sys.path and sys.path[0] in ("", "."):
-    del sys.path[0]
-from ipykernel import kernelapp
-kernelapp.launch_new_instance()
 """
 
 
@@ -109,6 +275,7 @@ class Outcome:
     evalue: str = ""
     payload: str | None = None
     seconds: float = 0.0
+    ending: str = ""  # how a dead kernel ended, for messages
 
     @property
     def kernel_lost(self) -> bool:
@@ -116,51 +283,65 @@ class Outcome:
 
 
 class Kernel:
-    """An IPython kernel in its own process group, with an address-space cap."""
+    """An IPython kernel in a sandbox (or a plain child process), with an address-space cap."""
 
-    def __init__(self, workdir: Path, limits: Limits) -> None:
+    def __init__(self, workdir: Path, limits: Limits, *, view: Path, contained: bool) -> None:
         from jupyter_client import BlockingKernelClient
         from jupyter_client.connect import write_connection_file
 
-        self.workdir, self.limits = workdir, limits
+        self.limits, self.contained = limits, contained
+        sockets = workdir / f"sockets-{secrets.token_hex(3)}"
+        sockets.mkdir()
+        home = Path("/home/student") if contained else workdir / "home"
+        if not contained:
+            home.mkdir(exist_ok=True)
         connection_file, _ = write_connection_file(
-            str(workdir / f"kernel-{secrets.token_hex(4)}.json"), ip="127.0.0.1"
+            str(sockets / "kernel.json"), ip=str(sockets / "k"), transport="ipc"
         )
-        env = dict(os.environ)
-        for name in ("JPY_PARENT_PID", "MPLBACKEND", "PYTHONSTARTUP"):
-            env.pop(name, None)
-        env.update(
-            {
-                exercises.GRADING_ENV: "1",
-                "MPLBACKEND": "Agg",
-                "PYTHONHASHSEED": "0",
-                "TQDM_DISABLE": "1",
-                "OMP_NUM_THREADS": "1",
-                "MKL_NUM_THREADS": "1",
-                "OPENBLAS_NUM_THREADS": "1",
-                "IPYTHONDIR": str(workdir / ".ipython"),
-                "MPLCONFIGDIR": str(workdir / ".matplotlib"),
-            }
-        )
+        os.chmod(connection_file, 0o644)
+        if contained and os.geteuid() == 0:
+            os.chown(sockets, sandbox.NOBODY, sandbox.NOBODY)
+            os.chown(connection_file, sandbox.NOBODY, sandbox.NOBODY)
+        env = {
+            GRADING_ENV: "1",
+            "MPLBACKEND": "Agg",
+            "PYTHONHASHSEED": "0",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "TQDM_DISABLE": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "IPYTHONDIR": str(home / ".ipython"),
+            "MPLCONFIGDIR": str(home / ".matplotlib"),
+        }
         limit = int(limits.memory_mb) * 2**20 if limits.memory_mb else 0
-        self.log = open(workdir / "kernel.log", "wb")  # noqa: SIM115 (closed in shutdown)
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _LAUNCHER,
-                str(limit),
-                "-f",
-                connection_file,
-                "--HistoryManager.hist_file=:memory:",
-            ],
-            cwd=workdir,
+        status_read, status_write = os.pipe()
+        command, full_env = sandbox.kernel_command(
+            [str(limit), "-f", connection_file, "--HistoryManager.hist_file=:memory:"],
+            home=home,
+            sockets=sockets,
+            view=view,
+            sandbox=contained,
             env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: killpg reaches every child
+            status_fd=status_write if contained else None,
         )
+        self.log_path = workdir / f"kernel-{secrets.token_hex(3)}.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in shutdown)
+        self.status: dict = {}
+        try:
+            self.process = subprocess.Popen(
+                command,
+                cwd=str(workdir if contained else home),
+                env=full_env or None,
+                stdin=subprocess.DEVNULL,
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: killpg reaches bwrap
+                pass_fds=(status_write,) if contained else (),
+            )
+        finally:
+            os.close(status_write)
+        threading.Thread(target=self._read_status, args=(status_read,), daemon=True).start()
         self.client = BlockingKernelClient(connection_file=connection_file)
         self.client.load_connection_file()
         # No heartbeat channel: on a busy machine it declares a slow kernel dead. Whether the
@@ -170,8 +351,21 @@ class Kernel:
             self._wait_ready(limits.startup_timeout)
         except RuntimeError as error:
             self.shutdown()
-            tail = (workdir / "kernel.log").read_bytes()[-600:].decode("utf-8", "replace")
+            tail = self.log_path.read_bytes()[-600:].decode("utf-8", "replace")
             raise RuntimeError(f"{error}; the kernel's log ends with: {tail.strip()}") from None
+
+    def _read_status(self, fd: int) -> None:
+        """bwrap's JSON status lines: the sandbox's pid, then the command's exit code."""
+        with os.fdopen(fd, "rb") as stream:
+            buffer = b""
+            for chunk in iter(lambda: stream.read(4096), b""):
+                buffer += chunk
+                while b"}" in buffer:
+                    text, _, buffer = buffer.partition(b"}")
+                    try:
+                        self.status.update(json.loads(text.decode("utf-8", "replace") + "}"))
+                    except ValueError:
+                        pass
 
     def _wait_ready(self, timeout: float) -> None:
         """Until the kernel answers a kernel_info request; then drop its start-up messages."""
@@ -180,7 +374,7 @@ class Kernel:
         deadline = time.monotonic() + timeout
         while True:
             if not self.alive():
-                raise RuntimeError("the kernel exited while starting")
+                raise RuntimeError(f"the kernel {self.ending()} while starting")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the kernel did not answer within {timeout:g} s")
             msg_id = self.client.kernel_info()
@@ -201,6 +395,31 @@ class Kernel:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def ending(self) -> str:
+        """How the kernel process ended, in words (``exited with code 1``, ``was killed ...``)."""
+        code = self.process.poll()
+        if code is None:
+            return "is still running"
+        if self.contained:
+            code = self.status.get("exit-code", code)
+            number = code - 128 if code > 128 else 0
+        else:
+            number = -code if code < 0 else 0
+        if number:
+            try:
+                name = signal.Signals(number).name
+            except ValueError:
+                name = f"signal {number}"
+            why = {
+                "SIGKILL": "the machine's out-of-memory killer?",
+                "SIGSEGV": "a crash in native code, often an allocation failing under the "
+                f"{self.limits.memory_mb} MB memory cap",
+                "SIGABRT": "an abort in native code, often an allocation failing under the "
+                f"{self.limits.memory_mb} MB memory cap",
+            }.get(name, "")
+            return f"was killed by {name}" + (f" ({why})" if why else "")
+        return f"exited with code {code} (the code called exit(), sys.exit() or os._exit())"
+
     def execute(self, code: str, timeout: float) -> Outcome:
         start = time.monotonic()
         msg_id = self.client.execute(
@@ -213,6 +432,8 @@ class Kernel:
             if after.status in ("timeout", "died"):
                 self.kill()
                 outcome.status = "killed" if after.status == "timeout" else "died"
+        if outcome.status == "died":
+            outcome.ending = self.ending()
         outcome.seconds = time.monotonic() - start
         return outcome
 
@@ -241,23 +462,42 @@ class Kernel:
                 outcome.ename = str(content.get("ename", ""))[:200]
                 outcome.evalue = str(content.get("evalue", ""))[:600]
             elif kind == "display_data":
-                data = content.get("data", {}).get(PROBE_MIME)
+                data = content.get("data", {}).get(kernel_side.PROBE_MIME)
                 if isinstance(data, str) and len(data) <= MAX_PAYLOAD_CHARS:
                     outcome.payload = data
             elif kind == "status" and content.get("execution_state") == "idle":
                 return outcome
 
-    def _interrupt(self) -> None:
+    def _kernel_pid(self) -> int | None:
+        """The kernel's pid on this machine: bwrap's child's child, or our own child."""
+        if not self.contained:
+            return self.process.pid
+        init = self.status.get("child-pid")
         try:
-            os.kill(self.process.pid, signal.SIGINT)
-        except ProcessLookupError:
+            children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+            return int(children[0]) if children else None
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _interrupt(self) -> None:
+        pid = self._kernel_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
             pass
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        # Killing the sandbox's first process ends its pid namespace, and with it every
+        # process the submission started; killpg ends bwrap itself.
+        init = self.status.get("child-pid") if self.contained else None
+        for kill in (lambda: os.kill(int(init), signal.SIGKILL) if init else None,
+                     lambda: os.killpg(self.process.pid, signal.SIGKILL)):  # fmt: skip
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError, ValueError, TypeError):
+                pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -287,75 +527,98 @@ class SubmissionResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     seed: int | None = None  # of the grader's inputs: grade again with --seed to reproduce
+    max_points: int = 0
 
     @property
     def points(self) -> int:
         return sum(v.points for v in self.verdicts)
 
-    @property
-    def max_points(self) -> int:
-        if self.assignment in ASSIGNMENTS:
-            return ASSIGNMENTS[self.assignment].points
-        return sum(v.max_points for v in self.verdicts)
+
+def _student(path: Path, root: Path | None) -> tuple[str, str]:
+    relative = str(path.relative_to(root)) if root and path.is_relative_to(root) else path.name
+    parts = Path(relative).parts
+    return relative, (parts[0] if len(parts) > 1 else Path(relative).stem)
 
 
-def _read_notebook(path: Path):
-    """(notebook, None) or (None, reason)."""
-    import nbformat
-
+def grade_submission(
+    path: str | Path,
+    limits: Limits = Limits(),
+    *,
+    assignment: str | None = None,
+    root: Path | None = None,
+    seed: int | None = None,
+    view: Path | None = None,
+    contained: bool = True,
+) -> SubmissionResult:
+    """Grade one submission file; never raises, whatever the file holds."""
+    path = Path(path)
+    start = time.monotonic()
+    relative, student = _student(path, root)
+    result = SubmissionResult(str(path), relative, student, "unknown")
     try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            return (
-                None,
-                f"the file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB limit",
-            )
-        text = path.read_bytes().decode("utf-8")
-        nb = nbformat.reads(text, as_version=4)
-    except Exception as error:
-        return None, f"not a readable notebook ({type(error).__name__}: {str(error)[:300]})"
-    if not isinstance(nb.get("cells"), list):
-        return None, "not a readable notebook (it has no list of cells)"
-    return nb, None
+        _grade(result, path, limits, assignment, seed, view, contained)
+    except Exception as error:  # the grader's own failure on this file: report it, go on
+        result.notes.append(f"the grader failed on this file: {type(error).__name__}: {error}")
+    result.seconds = time.monotonic() - start
+    return result
 
 
-def identify_assignment(nb, path: Path, override: str | None = None) -> str | None:
-    """The assignment key: ``override``, the notebook's metadata, the file name, or its code."""
-    if override:
-        return override
-    if nb is not None:
-        key = nb.get("metadata", {}).get("flowcourse", {}).get("assignment")
-        if key in ASSIGNMENTS:
-            return key
-    for key in ASSIGNMENTS:
-        if key in path.name:
-            return key
+def _grade(result, path, limits, override, seed, view, contained) -> None:
+    nb, problem = read_notebook(path)
+    spec = identify_assignment(nb, path, override)
+    if spec is None:
+        result.notes.append(
+            problem or "could not tell which assignment this is (pass --assignment)"
+        )
+        return
+    result.assignment, result.max_points = spec.key, spec.points
     if nb is None:
-        return None
-    code = "\n".join(c.get("source", "") for c in nb.cells if c.get("cell_type") == "code")
-    scores = {
-        key: sum(bool(re.search(rf"^\s*def\s+{t.name}\b", code, re.M)) for t in a.tasks)
-        for key, a in ASSIGNMENTS.items()
-    }
-    best = max(scores, key=scores.get)
-    return best if scores[best] > 0 else None
+        result.verdicts = [fail(t, problem) for t in spec.tasks]
+        result.notes.append(problem)
+        return
+    result.notes.extend(nb.notes)
+    result.notes.extend(reference_notes(nb.cells))
+    result.seed = secrets.randbits(32) if seed is None else seed
+    with tempfile.TemporaryDirectory(prefix="flowcourse-grade-") as tmp:
+        own_view = view
+        if own_view is None:
+            own_view = sandbox.package_view(Path(tmp) / "view")
+        verdicts, notes = _run(nb.cells, spec, limits, result.seed, Path(tmp), own_view, contained)
+    result.verdicts = verdicts
+    result.notes.extend(notes)
+    after, _ = read_notebook(path)
+    if after is None or after.digest != nb.digest:
+        result.notes.append("the file changed while it was graded (was it written to?)")
+
+
+def _start_kernel(workdir: Path, limits: Limits, view: Path, contained: bool, attempts=3):
+    """A started kernel; a start can fail for reasons of the machine (a busy moment)."""
+    for attempt in range(attempts):
+        try:
+            return Kernel(workdir, limits, view=view, contained=contained)
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
 
 
 @functools.cache
 def _probe_source() -> str:
-    return Path(exercises.__file__).read_text()
+    return Path(kernel_side.__file__).read_text()
 
 
-def _probe_code(task: str, inputs: dict) -> str:
-    source = _probe_source()
+def _probe_code(task, inputs: dict) -> str:
+    depends = [TASKS[name].reference for name in task.depends]
+    refs = references_source(depends) if depends else ""
+    arguments = (_probe_source(), json.dumps(task.spec()), json.dumps(inputs), refs)
     return (
-        "def __flowcourse_probe__(source, task, inputs):\n"
-        "    import sys, types\n"
+        "def __flowcourse_probe__(source, spec, inputs, references):\n"
+        "    import types\n"
         "    module = types.ModuleType('_flowcourse_grader_probe')\n"
-        "    sys.modules[module.__name__] = module\n"
         "    exec(compile(source, '<flowcourse grader>', 'exec'), module.__dict__)\n"
-        "    module.kernel_probe(task, inputs, globals())\n"
-        f"__flowcourse_probe__({source!r}, {task!r}, {json.dumps(inputs)!r})\n"
+        "    module.kernel_probe(spec, inputs, references, globals())\n"
+        f"__flowcourse_probe__(*{arguments!r})\n"
         "del __flowcourse_probe__\n"
     )
 
@@ -368,10 +631,7 @@ def _cell_problem(index: int, outcome: Outcome, limits: Limits) -> str | None:
         how = "interrupted" if outcome.status == "timeout" else "killed (it ignored the interrupt)"
         return f"{cell} ran longer than {limits.cell_timeout:g} s and was {how}: an infinite loop?"
     if outcome.status == "died":
-        return (
-            f"{cell} crashed the kernel (it exited or ran out of memory; the limit is "
-            f"{limits.memory_mb} MB)"
-        )
+        return f"{cell}: the kernel {outcome.ending}"
     text = f"{outcome.ename}: {outcome.evalue}".strip()
     if outcome.ename == "MemoryError" or "can't allocate memory" in outcome.evalue:
         return f"{cell} ran out of memory (limit {limits.memory_mb} MB): {text[:200]}"
@@ -383,175 +643,114 @@ def _defining_cells(cells: list[str], name: str) -> list[int]:
     return [i for i, source in enumerate(cells) if pattern.search(source)]
 
 
-def grade_submission(
-    path: str | Path,
-    limits: Limits = Limits(),
-    *,
-    assignment: str | None = None,
-    root: Path | None = None,
-    seed: int | None = None,
-) -> SubmissionResult:
-    """Grade one submission file; never raises on a bad submission."""
-    path = Path(path)
+def _run(cells, spec: Assignment, limits: Limits, seed: int, workdir: Path, view, contained):
     start = time.monotonic()
-    relative = str(path.relative_to(root)) if root and path.is_relative_to(root) else path.name
-    parts = Path(relative).parts
-    student = parts[0] if len(parts) > 1 else Path(relative).stem
-    nb, problem = _read_notebook(path)
-    key = identify_assignment(nb, path, assignment)
-    result = SubmissionResult(str(path), relative, student, key or "unknown")
-    if key not in ASSIGNMENTS:
-        result.notes.append(
-            problem or "could not tell which assignment this is (pass --assignment)"
-        )
-        result.seconds = time.monotonic() - start
-        return result
-    tasks = ASSIGNMENTS[key].tasks
-    if nb is None:
-        result.verdicts = [exercises._fail(t, problem) for t in tasks]
-        result.notes.append(problem)
-        result.seconds = time.monotonic() - start
-        return result
-    cells = [c.get("source", "") for c in nb.cells if c.get("cell_type") == "code"]
-    cells = [s if isinstance(s, str) else "".join(s) for s in cells]
-    run_seed = secrets.randbits(32) if seed is None else seed
-    result.seed = run_seed
-    try:
-        verdicts, notes = _run(cells, tasks, limits, start, run_seed)
-    except Exception as error:  # the grader's own failure: report it, go on
-        verdicts = [
-            exercises._fail(t, f"the grader failed: {type(error).__name__}: {error}") for t in tasks
-        ]
-        notes = [f"grader error: {type(error).__name__}: {error}"]
-    result.verdicts, result.notes = verdicts, notes
-    result.seconds = time.monotonic() - start
-    return result
-
-
-def _start_kernel(workdir: Path, limits: Limits, attempts: int = 3) -> Kernel:
-    """A started kernel; a start can fail for reasons of the machine (a port taken meanwhile)."""
-    for attempt in range(attempts):
-        try:
-            return Kernel(workdir, limits)
-        except RuntimeError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
-def _run(cells, tasks, limits: Limits, start: float, seed: int):
     deadline = start + limits.timeout
+    tasks = spec.tasks
     cell_problems: dict[int, str] = {}
     skip: set[int] = set()
     verdicts: dict[str, Verdict] = {}
     notes: list[str] = []
     restarts = 0
-    with tempfile.TemporaryDirectory(prefix="flowcourse-grade-") as tmp:
-        # The kernel sees only a copy, in a folder of its own.
-        workdir = Path(tmp) / "work"
-        workdir.mkdir()
-        while len(verdicts) < len(tasks):
-            if time.monotonic() >= deadline:
+    while len(verdicts) < len(tasks):
+        if time.monotonic() >= deadline:
+            break
+        try:
+            kernel = _start_kernel(workdir, limits, view, contained)
+        except Exception as error:
+            notes.append(f"the kernel did not start: {type(error).__name__}: {error}")
+            break
+        try:
+            warm = kernel.execute(_PREAMBLE, limits.startup_timeout)
+            if warm.kernel_lost:
+                notes.append(f"the kernel {warm.ending or 'died'} while the grader imported torch")
+                restarts += 1
+                if restarts <= MAX_RESTARTS:
+                    continue
                 break
-            try:
-                kernel = _start_kernel(workdir, limits)
-            except Exception as error:
-                notes.append(f"the kernel did not start: {type(error).__name__}: {error}")
+            if warm.status != "ok":
+                notes.append(f"the grader's imports failed: {warm.ename}: {warm.evalue}")
+            lost = False
+            for i, source in enumerate(cells):
+                if i in skip or not source.strip():
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                outcome = kernel.execute(source, min(limits.cell_timeout, remaining))
+                message = _cell_problem(i, outcome, limits)
+                if message and i not in cell_problems:
+                    cell_problems[i] = message
+                if outcome.kernel_lost:
+                    skip.add(i)
+                    lost = True
+                    break
+            if lost:
+                restarts += 1
+                if restarts <= MAX_RESTARTS:
+                    continue  # a fresh kernel, without the cell that lost the last one
                 break
-            try:
-                warm = kernel.execute(_PREAMBLE, limits.startup_timeout)
-                if warm.kernel_lost:
-                    notes.append("the kernel died while the grader imported torch")
-                    restarts += 1
-                    if restarts <= MAX_RESTARTS:
-                        continue
+            for k, task in enumerate(tasks):
+                if task.name in verdicts:
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     break
-                if warm.status != "ok":
-                    notes.append(f"the grader's imports failed: {warm.ename}: {warm.evalue}")
-                lost = False
-                for i, source in enumerate(cells):
-                    if i in skip or not source.strip():
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    outcome = kernel.execute(source, min(limits.cell_timeout, remaining))
-                    message = _cell_problem(i, outcome, limits)
-                    if message and i not in cell_problems:
-                        cell_problems[i] = message
-                    if outcome.kernel_lost:
-                        skip.add(i)
-                        lost = True
-                        break
-                if lost:
-                    restarts += 1
-                    if restarts <= MAX_RESTARTS:
-                        continue  # a fresh kernel, without the cell that lost the last one
-                    break
-                for k, task in enumerate(tasks):
-                    if task.name in verdicts:
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    inputs = exercises.make_inputs(task.name, seed + 7919 * k)
-                    budget = min(task.timeout, remaining)
-                    outcome = kernel.execute(_probe_code(task.name, inputs), budget)
-                    verdicts[task.name] = _verdict(
-                        task, inputs, outcome, limits, cells, cell_problems, budget
-                    )
-                    if outcome.kernel_lost:
-                        break  # later tasks need a fresh kernel
-                restarts += not kernel.alive()
-                if restarts > MAX_RESTARTS:
-                    break
-            finally:
-                kernel.shutdown()
+                inputs = make_inputs(task, seed + 7919 * k)
+                budget = min(task.timeout, remaining)
+                outcome = kernel.execute(_probe_code(task, inputs), budget)
+                verdicts[task.name] = _verdict(
+                    task, inputs, outcome, limits, cells, cell_problems, budget
+                )
+                if outcome.kernel_lost:
+                    break  # later tasks need a fresh kernel
+            restarts += not kernel.alive()
+            if restarts > MAX_RESTARTS:
+                break
+        finally:
+            kernel.shutdown()
     for task in tasks:
         if task.name not in verdicts:
             if time.monotonic() >= deadline:
                 why = f"not graded: the submission used up its {limits.timeout:g} s"
             else:
                 why = "not graded: the kernel kept crashing"
-            verdicts[task.name] = exercises._fail(task, why)
+            verdicts[task.name] = fail(task, why)
     notes.extend(cell_problems[i] for i in sorted(cell_problems))
     return [verdicts[t.name] for t in tasks], notes
 
 
-def _verdict(
-    task, inputs, outcome: Outcome, limits: Limits, cells, cell_problems, budget: float
-) -> Verdict:
+def _verdict(task, inputs, outcome: Outcome, limits, cells, cell_problems, budget) -> Verdict:
     name = task.name
     if outcome.status in ("timeout", "killed"):
         if budget < task.timeout:
-            return exercises._fail(
-                task, f"not graded: the submission used up its {limits.timeout:g} s"
-            )
-        return exercises._fail(
+            return fail(task, f"not graded: the submission used up its {limits.timeout:g} s")
+        return fail(
             task,
             f"calling `{name}` took longer than {task.timeout:g} s (an infinite loop, or far "
             "too slow) and was stopped",
         )
     if outcome.status == "died":
-        return exercises._fail(
-            task,
-            f"calling `{name}` crashed the kernel (out of memory? the limit is "
-            f"{limits.memory_mb} MB)",
-        )
+        return fail(task, f"calling `{name}`: the kernel {outcome.ending}")
     if outcome.payload is None:
         if outcome.ename == "MemoryError":
-            return exercises._fail(task, f"calling `{name}` ran out of memory")
+            return fail(task, f"calling `{name}` ran out of memory")
         detail = f"{outcome.ename}: {outcome.evalue}" if outcome.ename else "no result"
-        return exercises._fail(task, f"the probe of `{name}` returned nothing ({detail[:300]})")
+        return fail(task, f"the probe of `{name}` returned nothing ({detail[:300]})")
     try:
         payload = json.loads(outcome.payload)
     except ValueError:
-        return exercises._fail(task, "the probe's reply was not valid data")
-    verdict = exercises.judge(name, inputs, payload)
-    if payload.get("status") == "missing":
-        defining = _defining_cells(cells, name)
-        problems = [cell_problems[i] for i in defining if i in cell_problems]
+        return fail(task, "the probe's reply was not valid data")
+    verdict = judge(task, inputs, payload)
+    borrowed = library_use(cells, task)
+    if borrowed and verdict.passed:
+        return fail(
+            task,
+            f"`{name}` calls {borrowed}, the package's own version of this task: write it "
+            "yourself (the package's building blocks are fine elsewhere)",
+        )
+    if isinstance(payload, dict) and payload.get("status") == "missing":
+        problems = [cell_problems[i] for i in _defining_cells(cells, name) if i in cell_problems]
         if problems:
             verdict.message += ". " + "; ".join(problems)
     return verdict
@@ -576,6 +775,22 @@ def find_submissions(paths: list[str | Path]) -> tuple[list[tuple[Path, Path]], 
     return found, skipped
 
 
+def select_shard(items: list, shard: tuple[int, int] | None) -> list:
+    """Shard ``(k, n)`` (1-based): every n-th item from the k-th, in the listed order."""
+    if shard is None:
+        return list(items)
+    k, n = shard
+    return [item for i, item in enumerate(items) if i % n == k - 1]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"K/N"`` as ``(K, N)`` with ``1 <= K <= N``; ValueError with a clear message."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise ValueError(f"--shard expects K/N with 1 <= K <= N (e.g. 3/10), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
 def grade_paths(
     paths: list[str | Path],
     limits: Limits = Limits(),
@@ -583,26 +798,40 @@ def grade_paths(
     assignment: str | None = None,
     jobs: int = 1,
     seed: int | None = None,
+    shard: tuple[int, int] | None = None,
+    contained: bool = True,
     progress=None,
 ) -> list[SubmissionResult]:
-    """Grade every submission found under ``paths``, ``jobs`` at a time (one kernel each)."""
+    """Grade every submission found under ``paths`` (this shard of them), ``jobs`` at a time."""
     found, _ = find_submissions(paths)
+    found = select_shard(found, shard)
+    with tempfile.TemporaryDirectory(prefix="flowcourse-view-") as tmp:
+        view = sandbox.package_view(Path(tmp))
 
-    def one(item):
-        file, root = item
-        result = grade_submission(file, limits, assignment=assignment, root=root, seed=seed)
-        if progress is not None:
-            progress(result)
-        return result
+        def one(item):
+            file, root = item
+            result = grade_submission(
+                file,
+                limits,
+                assignment=assignment,
+                root=root,
+                seed=seed,
+                view=view,
+                contained=contained,
+            )
+            if progress is not None:
+                progress(result)
+            return result
 
-    if jobs <= 1:
-        return [one(item) for item in found]
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(one, found))
+        if jobs <= 1:
+            return [one(item) for item in found]
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            return list(pool.map(one, found))
 
 
 def format_table(result: SubmissionResult, width: int = 110) -> str:
-    title = ASSIGNMENTS[result.assignment].title if result.assignment in ASSIGNMENTS else "?"
+    spec = find(result.assignment)
+    title = spec.title if spec else "?"
     lines = [
         f"{result.submission}  [{result.assignment}: {title}]  "
         f"{result.points}/{result.max_points} points  ({result.seconds:.1f} s)"
@@ -636,13 +865,12 @@ CSV_COLUMNS = [
 TOTALS_COLUMNS = ["student", "submission", "assignment", "points", "max_points", "percent"]
 
 
-def write_results(results: list[SubmissionResult], out: str | Path, limits: Limits) -> list[Path]:
-    """Write grades.json, grades.csv and totals.csv into ``out``; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    document = {
+def document(results: list[SubmissionResult], limits: Limits, contained: bool = True) -> dict:
+    """Everything ``grades.json`` holds."""
+    return {
         "grader": "flowcourse grade",
         "limits": asdict(limits),
+        "sandbox": "bubblewrap" if contained else "none (--no-sandbox)",
         "submissions": [
             {
                 "student": r.student,
@@ -668,38 +896,63 @@ def write_results(results: list[SubmissionResult], out: str | Path, limits: Limi
             for r in results
         ],
     }
+
+
+def write_document(doc: dict, out: str | Path) -> list[Path]:
+    """Write ``doc`` as grades.json, grades.csv and totals.csv into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     paths = [out / "grades.json", out / "grades.csv", out / "totals.csv"]
-    paths[0].write_text(json.dumps(document, indent=2) + "\n")
-    with open(paths[1], "w", newline="") as f:
+    paths[0].write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(paths[1], "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
-        for r in results:
-            for v in r.verdicts:
+        for s in doc["submissions"]:
+            who = [s["student"], s["submission"], s["assignment"]]
+            for v in s["tasks"]:
                 writer.writerow(
-                    [
-                        r.student,
-                        r.submission,
-                        r.assignment,
-                        v.task,
-                        v.points,
-                        v.max_points,
-                        v.status,
-                        v.message,
-                    ]
+                    [*who, v["task"], v["points"], v["max_points"], v["verdict"], v["message"]]
                 )
-            note = "; ".join(r.notes)
-            writer.writerow(
-                [r.student, r.submission, r.assignment, "TOTAL", r.points, r.max_points, "", note]
-            )
-    with open(paths[2], "w", newline="") as f:
+            note = "; ".join(s["notes"])
+            writer.writerow([*who, "TOTAL", s["points"], s["max_points"], "", note])
+    with open(paths[2], "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(TOTALS_COLUMNS)
-        for r in results:
-            percent = round(100 * r.points / r.max_points, 1) if r.max_points else 0.0
-            writer.writerow(
-                [r.student, r.submission, r.assignment, r.points, r.max_points, percent]
-            )
+        for s in doc["submissions"]:
+            percent = round(100 * s["points"] / s["max_points"], 1) if s["max_points"] else 0.0
+            row = [s["student"], s["submission"], s["assignment"], s["points"], s["max_points"]]
+            writer.writerow([*row, percent])
     return paths
+
+
+def write_results(
+    results: list[SubmissionResult], out: str | Path, limits: Limits, contained: bool = True
+) -> list[Path]:
+    """Write grades.json, grades.csv and totals.csv into ``out``; returns their paths."""
+    return write_document(document(results, limits, contained), out)
+
+
+def merge(folders: list[str | Path], out: str | Path) -> list[Path]:
+    """Combine the ``grades.json`` of several shards into one set of result files."""
+    docs = []
+    for folder in map(Path, folders):
+        path = folder / "grades.json" if folder.is_dir() else folder
+        try:
+            docs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path}: not a grades.json of flowcourse grade ({error})") from None
+    if not docs:
+        raise ValueError("nothing to merge: give the --out folders of the shards")
+    merged = dict(docs[0])
+    seen, submissions = set(), []
+    for doc in docs:
+        for s in doc.get("submissions", []):
+            if s["path"] not in seen:
+                seen.add(s["path"])
+                submissions.append(s)
+    merged["submissions"] = sorted(submissions, key=lambda s: (s["path"], s["submission"]))
+    merged["merged_from"] = [str(f) for f in folders]
+    return write_document(merged, out)
 
 
 def main(
@@ -710,23 +963,47 @@ def main(
     jobs: int = 1,
     limits: Limits = Limits(),
     seed: int | None = None,
+    shard: str | None = None,
+    no_sandbox: bool = False,
 ) -> int:
     """The ``grade`` command. Exit 0 when grading ran (whatever the grades), 2 on misuse."""
-    if assignment is not None and assignment not in ASSIGNMENTS:
+    if assignment is not None and find(assignment) is None:
         print(f"unknown assignment {assignment!r}; choose one of {', '.join(ASSIGNMENTS)}")
         return 2
+    try:
+        part = parse_shard(shard) if shard is not None else None
+    except ValueError as error:
+        print(error)
+        return 2
+    if not no_sandbox:
+        why = sandbox.available()
+        if why:
+            print(f"cannot contain submissions: {why}; {sandbox.INSTALL_HINT}")
+            return 2
     found, skipped = find_submissions(paths)
     if not found:
         print(f"no notebooks (*.ipynb) found in {', '.join(map(str, paths))}")
         return 2
-    print(f"grading {len(found)} submission(s), {jobs} at a time", flush=True)
+    mine = select_shard(found, part)
+    where = f" (shard {part[0]}/{part[1]} of {len(found)})" if part else ""
+    box = "in a sandbox each" if not no_sandbox else "WITHOUT a sandbox (--no-sandbox)"
+    print(f"grading {len(mine)} submission(s){where}, {jobs} at a time, {box}", flush=True)
     start = time.monotonic()
 
     def show(result):
         print(format_table(result) + "\n", flush=True)
 
-    results = grade_paths(paths, limits, assignment=assignment, jobs=jobs, seed=seed, progress=show)
-    written = write_results(results, out, limits)
+    results = grade_paths(
+        paths,
+        limits,
+        assignment=assignment,
+        jobs=jobs,
+        seed=seed,
+        shard=part,
+        contained=not no_sandbox,
+        progress=show,
+    )
+    written = write_results(results, out, limits, contained=not no_sandbox)
     for f in skipped:
         print(f"skipped (not a .ipynb file): {f}")
     total = time.monotonic() - start

@@ -6,7 +6,9 @@ their outputs in place; the same hygiene rules are checked by the tests.
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import resource
 import time
 from dataclasses import dataclass
@@ -83,12 +85,64 @@ def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timi
     return Timing(path, timing.wall, timing.cpu)
 
 
+# An absolute path (/home/..., /tmp/..., site-packages/) in what a reader of the outputs sees.
+ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])/(?:[\w.-]+/)+[\w.-]+|site-packages/")
+MAX_ASSERT_CELLS = 0.10  # share of a lesson's code cells that may be visible bare assertions
+
+
+def assertion_only(cell) -> bool:
+    """A visible code cell whose every top-level statement is an ``assert``: plumbing a reader
+    meets between two ideas (a cell is hidden by ``source_hidden`` or a hide/remove tag)."""
+    tags = set(cell.metadata.get("tags", []))
+    if cell.metadata.get("jupyter", {}).get("source_hidden") or {"hide-cell", "remove-cell"} & tags:
+        return False
+    try:
+        body = ast.parse(cell.source).body
+    except SyntaxError:
+        return False
+    return bool(body) and all(isinstance(node, ast.Assert) for node in body)
+
+
+def _output_text(out) -> str:
+    text = out.get("text", "") + out.get("data", {}).get("text/plain", "")
+    text += "\n".join(out.get("traceback", []))
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+
+
+def reader_problems(nb: nbformat.NotebookNode, where: str, *, lesson: bool) -> list[str]:
+    """What a reader of the stored outputs (GitHub, nbviewer, the site) should not meet:
+    absolute paths, progress bars stored at 0%, and (in lessons) bare assertion cells."""
+    problems = []
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    for i, cell in enumerate(code, 1):
+        for out in cell.get("outputs", []):
+            text = _output_text(out)
+            if ABSOLUTE_PATH.search(text):
+                found = ABSOLUTE_PATH.search(text).group(0)
+                problems.append(f"{where}: code cell {i} stores an absolute path ({found})")
+            if out.get("output_type") == "display_data" and re.search(r"(?<!\d)0%\|", text):
+                problems.append(
+                    f"{where}: code cell {i} stores a progress bar at 0% (re-execute it: "
+                    "flowcourse.train.progress_bar stores the final state)"
+                )
+    bare = sum(assertion_only(c) for c in code)
+    if lesson and code and bare / len(code) > MAX_ASSERT_CELLS:
+        problems.append(
+            f"{where}: {bare} of {len(code)} code cells are visible assertion-only cells (at "
+            f"most {MAX_ASSERT_CELLS:.0%}): fold checks into result lines with "
+            "flowcourse.checks.claim, or collapse plumbing (source_hidden + hide-cell tag)"
+        )
+    return problems
+
+
 def hygiene_problems(path: str | Path, *, executed: bool = True) -> list[str]:
     """What is wrong with a stored notebook; an empty list when nothing is.
 
     ``executed=True`` (notebooks/, solutions/): every code cell ran once, in order, from a
     fresh kernel; kernelspec python3; no warnings on stderr; errors only in cells tagged
-    ``raises-exception``. ``executed=False`` (exercises/): no outputs at all.
+    ``raises-exception``; nothing a reader should not meet (:func:`reader_problems`; the
+    assertion-cell share applies to lessons, the notebooks of a ``notebooks`` folder).
+    ``executed=False`` (exercises/): no outputs at all.
     """
     path = Path(path)
     try:
@@ -130,4 +184,5 @@ def hygiene_problems(path: str | Path, *, executed: bool = True) -> list[str]:
             o.output_type == "error" for o in cell.get("outputs", [])
         ):
             problems.append(f"{path}: code cell {i} is tagged raises-exception but raised nothing")
+    problems += reader_problems(nb, str(path), lesson=path.parent.name == "notebooks")
     return problems

@@ -184,15 +184,24 @@ def warps(
     bounds: Bounds | None = None,
     size: float = 2.6,
     suptitle: str = "how the points move, layer by layer",
+    columns: int | None = None,
 ) -> Figure:
     """One small scatter panel per state, e.g. ``flow.trace(z)``: a list of (n, 2) tensors.
 
     Each point keeps its colour across panels, so one can follow where it goes.
     ``data_color``: None colours points by their first coordinate in the first state;
     a colour name paints them all; an (n,) array gives each point a value on a colour map.
+    ``size``: inches per panel. ``columns``: panels per row (default: all in one row); more
+    states than columns wrap onto further rows, so many panels can stay large enough to read.
     """
     arrays = _check_states(states)
     names = _panel_titles(titles, len(arrays))
+    if columns is None:
+        columns = len(arrays)
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be None or an integer >= 1, got {columns!r}")
+    columns = min(columns, len(arrays))
+    rows = math.ceil(len(arrays) / columns)
     n = len(arrays[0])
     if data_color is None:
         colour_kw: dict[str, Any] = {"c": arrays[0][:, 0], "cmap": "coolwarm"}
@@ -205,9 +214,11 @@ def warps(
         colour_kw = {"c": values, "cmap": "viridis"}
 
     fig, axes = plt.subplots(
-        1, len(arrays), figsize=(size * len(arrays), size + 0.4), squeeze=False
+        rows, columns, figsize=(size * columns, (size + 0.4) * rows), squeeze=False
     )
-    for ax, points, name in zip(axes[0], arrays, names, strict=True):
+    for ax in axes.flat[len(arrays) :]:  # the unused end of the last row
+        fig.delaxes(ax)
+    for ax, points, name in zip(axes.flat, arrays, names, strict=False):
         ax.scatter(points[:, 0], points[:, 1], s=2, lw=0, alpha=0.7, **colour_kw)
         if bounds is not None:
             (x0, x1), (y0, y1) = _check_bounds(bounds)

@@ -10,6 +10,10 @@ In ``solutions/NN_name.ipynb`` the code a student writes sits between the nbgrad
 ``python -m flowcourse release`` writes ``exercises/NN_name.ipynb`` with each region replaced
 by a stub that raises ``NotImplementedError``, all outputs cleared and everything else
 identical. ``--check`` exits 1 when ``exercises/`` differs from what would be written.
+
+Both also compare each solution's task headers (``### Task 2 (3 points): `name(args) -> out` ``)
+with the tasks of its assignment in :mod:`flowcourse.assignments` (name, points, signature,
+order), so the notebook and the grader never disagree about a task.
 """
 
 from __future__ import annotations
@@ -21,12 +25,45 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["NOT_IMPLEMENTED", "strip_solutions", "release_notebook", "main"]
+__all__ = ["NOT_IMPLEMENTED", "strip_solutions", "release_notebook", "task_problems", "main"]
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)### BEGIN SOLUTION[ \t]*$")
 END = re.compile(r"^[ \t]*### END SOLUTION[ \t]*$")
 HINT = re.compile(r"^[ \t]*### HINT:[ \t]*(?P<text>.*)$")
 NOT_IMPLEMENTED = "not implemented yet"
+TASK_HEADER = re.compile(
+    r"^###\s+Task\s+(?P<number>\d+)\s+\((?P<points>\d+)\s+points?\):\s+`(?P<signature>[^`]+)`\s*$",
+    re.M,
+)
+
+
+def task_problems(nb: nbformat.NotebookNode, where: str = "") -> list[str]:
+    """How the notebook's task headers disagree with its assignment's tasks (empty: none)."""
+    from flowcourse.assignments import find
+
+    key = nb.metadata.get("flowcourse", {}).get("assignment")
+    spec = find(key)
+    if spec is None:
+        return [f"{where}: metadata.flowcourse.assignment is {key!r}, not a known assignment"]
+    if spec.key != key:
+        return [f"{where}: metadata names {key!r}, an old key of {spec.key!r}: update it"]
+    headers = [
+        m for c in nb.cells if c.cell_type == "markdown" for m in TASK_HEADER.finditer(c.source)
+    ]
+    problems = []
+    if len(headers) != len(spec.tasks):
+        problems.append(
+            f"{where}: {len(headers)} task header(s), but {spec.key} has {len(spec.tasks)} tasks"
+        )
+    for k, (header, task) in enumerate(zip(headers, spec.tasks, strict=False)):
+        shown = (int(header["number"]), int(header["points"]), header["signature"])
+        wanted = (k + 1, task.points, task.signature)
+        if shown != wanted:
+            problems.append(
+                f"{where}: header 'Task {shown[0]} ({shown[1]} points): {shown[2]}' should be "
+                f"'Task {wanted[0]} ({wanted[1]} points): {wanted[2]}' (flowcourse/assignments)"
+            )
+    return problems
 
 
 def strip_solutions(source: str, where: str = "") -> str:
@@ -116,6 +153,16 @@ def _expected(source: Path, target: Path) -> dict[Path, str]:
 def main(check: bool = False, source: str = "solutions", target: str = "exercises") -> int:
     """Write (or with ``check``, compare) ``target/`` from ``source/``. Returns an exit code."""
     src, dst = Path(source), Path(target)
+    problems = [
+        problem
+        for path in sorted(src.glob("*.ipynb"))
+        for problem in task_problems(nbformat.read(path, as_version=4), str(path))
+    ]
+    for problem in problems:
+        print(problem)
+    if problems:
+        print("The task headers and flowcourse/assignments must agree; nothing was written.")
+        return 1
     expected = _expected(src, dst)
     stale = [p for p, text in expected.items() if not p.exists() or p.read_text() != text]
     orphans = [p for p in sorted(dst.glob("*.ipynb")) if p not in expected]

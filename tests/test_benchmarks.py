@@ -413,6 +413,31 @@ def test_notebook_results_runs_a_seeded_copy_and_leaves_the_file_alone(tmp_path)
     assert not any(m == "note" for _, m, _ in rows)  # text columns label rows, not metrics
 
 
+def test_a_seeded_copy_records_its_results_in_its_own_folder(tmp_path):
+    # A copy that records (flowcourse.results) must not overwrite the notebook's stored
+    # results, and must still read what earlier notebooks recorded.
+    path = tmp_path / "tiny.ipynb"
+    nb = _tiny_notebook()
+    nb.cells.append(
+        nbformat.v4.new_code_cell(
+            "from flowcourse.results import read, record\n"
+            "earlier = read('03_earlier')['x']\n"
+            "record('04_tiny', gap=draw)"
+        )
+    )
+    nbformat.write(nb, path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "03_earlier.json").write_text('{"x": 2.5}\n')
+    (tmp_path / "results" / "04_tiny.json").write_text('{"gap": 0.1}\n')
+    got = notebook_results(path, 1, ["earlier", "draw"], timeout=120)
+    assert got["earlier"] == 2.5
+    assert (tmp_path / "results" / "04_tiny.json").read_text() == '{"gap": 0.1}\n'
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == [
+        "03_earlier.json",
+        "04_tiny.json",
+    ]
+
+
 def test_notebook_table_part_records_seeds_and_summarises(tmp_path, monkeypatch):
     path = tmp_path / "tiny.ipynb"
     nbformat.write(_tiny_notebook(failing=True), path)

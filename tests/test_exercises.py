@@ -14,7 +14,8 @@ import nbformat
 import pytest
 
 from flowcourse import release
-from flowcourse.exercises import ASSIGNMENTS, NOT_IMPLEMENTED, TASKS
+from flowcourse.assignments import ASSIGNMENTS, TASKS
+from flowcourse.assignments.kernel import NOT_IMPLEMENTED
 from flowcourse.notebooks import execute
 
 ROOT = Path(__file__).resolve().parent.parent

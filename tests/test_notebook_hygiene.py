@@ -103,3 +103,27 @@ def test_hygiene_catches_a_tagged_cell_that_raised_nothing_and_a_foreign_kernel(
 def test_hygiene_catches_outputs_in_an_exercise(tmp_path):
     path, _ = _notebook(tmp_path, ["1"], [1])
     assert hygiene_problems(path, executed=False)
+
+
+def test_hygiene_catches_what_a_reader_should_not_meet(tmp_path):
+    lesson = tmp_path / "notebooks"
+    lesson.mkdir()
+    cells = ["x = 1", "assert x == 1\nassert x > 0", "print(x)", "assert x"]
+    path, nb = _notebook(lesson, cells, [1, 2, 3, 4])
+    nb.cells[0].outputs = [
+        nbformat.v4.new_output("stream", name="stdout", text="saved in /home/me/work/x.pt\n")
+    ]
+    bar = nbformat.v4.new_output("display_data", data={"text/plain": "fit:   0%|  | 0/300"})
+    nb.cells[2].outputs = [bar]
+    nbformat.write(nb, path)
+    problems = hygiene_problems(path)
+    assert any("absolute path (/home/me/work/x.pt)" in p for p in problems), problems
+    assert any("progress bar at 0%" in p for p in problems), problems
+    assert any("2 of 4 code cells are visible assertion-only" in p for p in problems), problems
+    # Collapsed plumbing is fine, and so are finished bars, relative paths and units.
+    nb.cells[1].metadata["jupyter"] = {"source_hidden": True}
+    nb.cells[3].metadata["tags"] = ["hide-cell"]
+    nb.cells[0].outputs[0].text = "gap 0.035 nats/point, saved in results/04.json\n"
+    bar.data["text/plain"] = "fit: 100%|#####| 300/300 [00:02<00:00]"
+    nbformat.write(nb, path)
+    assert hygiene_problems(path) == []

@@ -118,6 +118,20 @@ def test_warps_and_grid_warp():
         plot.grid_warp([grid], resolution=30)
 
 
+def test_warps_wraps_onto_rows():
+    z = torch.randn(50, 2)
+    states = [z * (k + 1) for k in range(7)]
+    fig = plot.warps(states, size=2.0, columns=4)
+    assert len(fig.axes) == 7 and all(_labelled(ax) for ax in fig.axes)
+    width, height = fig.get_size_inches()
+    assert (width, height) == (8.0, 2 * 2.4)  # two rows of four panels; the eighth is removed
+    rows = sorted({round(ax.get_position().y0, 3) for ax in fig.axes})
+    assert len(rows) == 2
+    assert len(plot.warps(states[:2], columns=4).axes) == 2  # never more columns than panels
+    with pytest.raises(ValueError, match="columns must be"):
+        plot.warps(states, columns=0)
+
+
 def test_warps_keeps_given_bounds_without_warnings(caplog):
     z = torch.randn(300, 2)
     fig = plot.warps([z, 3 * z], bounds=((-2.0, 2.0), (-1.0, 1.0)))

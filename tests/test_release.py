@@ -3,7 +3,8 @@
 import nbformat
 import pytest
 
-from flowcourse.release import main, release_notebook, strip_solutions
+from flowcourse.assignments import ASSIGNMENTS
+from flowcourse.release import main, release_notebook, strip_solutions, task_problems
 
 SOLVED = """def log_det(x):
     ### BEGIN SOLUTION
@@ -39,11 +40,22 @@ def test_unbalanced_markers_are_refused_so_no_solution_leaks(source, problem):
         strip_solutions(source, "nb.ipynb")
 
 
+KEY = "01_change_of_variables"
+
+
+def _headers(key: str = KEY) -> str:
+    tasks = ASSIGNMENTS[key].tasks
+    return "\n\n".join(
+        f"### Task {k} ({t.points} points): `{t.signature}`" for k, t in enumerate(tasks, 1)
+    )
+
+
 def _solution_notebook():
     nb = nbformat.v4.new_notebook()
     nb.metadata["widgets"] = {"state": {}}
+    nb.metadata["flowcourse"] = {"assignment": KEY}
     nb.cells = [
-        nbformat.v4.new_markdown_cell("# Task"),
+        nbformat.v4.new_markdown_cell("# Task\n\n" + _headers()),
         nbformat.v4.new_code_cell(SOLVED, execution_count=1),
         nbformat.v4.new_code_cell("print(2)", execution_count=2),
     ]
@@ -64,12 +76,13 @@ def test_release_clears_outputs_and_keeps_everything_else():
 def test_check_reports_stale_and_orphan_exercises(tmp_path, capsys):
     src, dst = tmp_path / "solutions", tmp_path / "exercises"
     src.mkdir()
-    nbformat.write(_solution_notebook(), src / "01_task.ipynb")
+    nbformat.write(_solution_notebook(), src / f"{KEY}.ipynb")
     assert main(check=True, source=str(src), target=str(dst)) == 1
     assert "stale" in capsys.readouterr().out
     assert main(source=str(src), target=str(dst)) == 0
     assert main(check=True, source=str(src), target=str(dst)) == 0
-    (dst / "01_task.ipynb").write_text((dst / "01_task.ipynb").read_text().replace("kept", "edit"))
+    written = dst / f"{KEY}.ipynb"
+    written.write_text(written.read_text().replace("kept", "edit"))
     (dst / "99_orphan.ipynb").write_text("{}")
     assert main(check=True, source=str(src), target=str(dst)) == 1
     out = capsys.readouterr().out
@@ -92,3 +105,27 @@ def test_a_long_stub_stays_within_the_line_length_and_keeps_its_message():
     assert str(info.value) == (
         "This task is not implemented yet: replace this line with your code. Hint: " + hint
     )
+
+
+def test_task_headers_must_match_the_assignment_module(tmp_path, capsys):
+    nb = _solution_notebook()
+    assert task_problems(nb, "nb") == []
+    first = ASSIGNMENTS[KEY].tasks[0]
+    for old, new, fragment in [
+        (f"({first.points} points)", f"({first.points + 1} points)", "should be"),
+        (first.signature, first.signature.replace("edges", "bins"), "should be"),
+        ("### Task 2 ", "### Step 2 ", "3 task header(s)"),
+    ]:
+        broken = _solution_notebook()
+        broken.cells[0].source = broken.cells[0].source.replace(old, new, 1)
+        problems = task_problems(broken, "nb")
+        assert problems and fragment in problems[0], problems
+    src = tmp_path / "solutions"
+    src.mkdir()
+    nbformat.write(broken, src / f"{KEY}.ipynb")
+    assert main(source=str(src), target=str(tmp_path / "exercises")) == 1
+    assert "must agree; nothing was written" in capsys.readouterr().out
+    assert not (tmp_path / "exercises").exists()
+    old = _solution_notebook()
+    old.metadata["flowcourse"]["assignment"] = "06_flow_elbo"  # an earlier key
+    assert "an old key" in task_problems(old, "nb")[0]

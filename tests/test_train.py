@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -314,8 +316,18 @@ def test_a_stored_notebook_keeps_the_bar_in_its_final_state(tmp_path):
     nb = nbformat.v4.new_notebook()
     code = "from flowcourse.train import progress_bar\nbar = progress_bar(7, 'demo')\n"
     nb.cells = [nbformat.v4.new_code_cell(code + "bar.update(7)\nbar.close()\nbar.close()")]
+    # A long description and postfix (fit's "stopped early at step N", loss=, val=) must not
+    # be cut: nbval's sanitizer recognises a bar by its closing "]".
+    long = "bar = progress_bar(1500, 'RealNVP on digits (stopped early at step 1100)')\n"
+    long += "bar.update(1080)\nbar.set_postfix_str('loss=94.1234, val=95.0021')\nbar.close()"
+    nb.cells.append(nbformat.v4.new_code_cell("from flowcourse.train import progress_bar\n" + long))
     run(nb, tmp_path, timeout=120)
     (output,) = nb.cells[0].outputs
     assert list(output["data"]) == ["text/plain"], output  # no widget left behind
     text = output["data"]["text/plain"]
     assert text.startswith("demo: 100%|") and "7/7 [" in text, text
+    text = nb.cells[1].outputs[0]["data"]["text/plain"]
+    assert text.endswith("loss=94.1234, val=95.0021]"), text
+    sanitize = Path(__file__).parent / "nbval_sanitize.cfg"
+    pattern = re.search(r"\[tqdm progress bars[^\n]*\nregex: (.*)\n", sanitize.read_text())[1]
+    assert re.sub(pattern, "[progress bar]", text) == "[progress bar]", text
