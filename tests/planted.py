@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from flowcourse.autoregressive import MADE, AffineAutoregressive
 from flowcourse.bijections import Bijection
 
 
@@ -184,8 +185,6 @@ class ForwardOnly(_Affine):
 
 
 # --- autoregressive layers: MADE masks off by one -------------------------------------------
-
-from flowcourse.autoregressive import MADE, AffineAutoregressive  # noqa: E402
 
 
 class SelfSeeingMADE(MADE):
