@@ -185,14 +185,15 @@ def realnvp(
     scale_bound: float | None = 2.0,
     actnorm: bool = False,
     activation: type[nn.Module] = nn.ReLU,
+    context_dim: int = 0,
 ) -> Flow:
     """A RealNVP flow (Dinh et al. 2017) on R^dim with a standard normal base.
 
     ``layers`` coupling layers with alternating masks ``[1, 0, 1, ...]`` and ``[0, 1, 0, ...]``
     (for dim 2: ``[1, 0]`` and ``[0, 1]``), so every entry is transformed. ``actnorm=True`` puts
     an :class:`ActNorm` after each coupling, i.e. first on the way from data to base.
-    ``hidden``, ``depth``, ``scale_bound`` and ``activation`` configure every
-    :class:`AffineCoupling`.
+    ``hidden``, ``depth``, ``scale_bound``, ``activation`` and ``context_dim`` (> 0: a
+    conditional flow ``q(x | c)``) configure every :class:`AffineCoupling`.
     """
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
         raise ValueError(
@@ -204,7 +205,12 @@ def realnvp(
         mask = (torch.arange(dim) + k) % 2 == 0
         steps.append(
             AffineCoupling(
-                mask, hidden=hidden, depth=depth, scale_bound=scale_bound, activation=activation
+                mask,
+                hidden=hidden,
+                depth=depth,
+                scale_bound=scale_bound,
+                activation=activation,
+                context_dim=context_dim,
             )
         )
         if actnorm:
