@@ -123,16 +123,13 @@ class Flow(nn.Module):
             return context.expand(n, -1)
         return context
 
-    def _kw(self, context: Tensor | None) -> dict[str, Tensor]:
-        return {} if context is None else {"context": context}
-
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``x: (batch, dim) -> (batch,)``: log p(z) at z = inverse(x) plus the inverse log-dets.
 
         A conditional flow needs ``context: (batch, context_dim)`` and gives ``log q(x | c)``.
         """
         self._check(x, "log_prob")
-        z, log_det = self.transform.inverse(x, **self._kw(context))
+        z, log_det = self.transform.inverse(x, context=context)
         return self.base.log_prob(z) + log_det
 
     @torch.no_grad()
@@ -143,7 +140,7 @@ class Flow(nn.Module):
         """
         n = self._check_n(n)
         z = self.base.sample((n,))
-        return self.transform(z, **self._kw(self._sample_context(n, context)))[0]
+        return self.transform(z, context=self._sample_context(n, context))[0]
 
     def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(x: (n, dim), log q(x): (n,))`` in the forward direction only, with gradients.
@@ -153,7 +150,7 @@ class Flow(nn.Module):
         """
         n = self._check_n(n)
         z = self.base.rsample((n,)) if self.base.has_rsample else self.base.sample((n,))
-        x, log_det = self.transform(z, **self._kw(self._sample_context(n, context)))
+        x, log_det = self.transform(z, context=self._sample_context(n, context))
         return x, self.base.log_prob(z) - log_det
 
     @torch.no_grad()
@@ -162,7 +159,7 @@ class Flow(nn.Module):
         self._check(z, "trace")
         states = [z]
         for layer in self.bijections:
-            kw = self._kw(context) if getattr(layer, "context_dim", 0) else {}
+            kw = {"context": context} if getattr(layer, "context_dim", 0) else {}
             states.append(layer(states[-1], **kw)[0])
         return states
 
@@ -172,7 +169,7 @@ class Flow(nn.Module):
         self._check(x, "trace_inverse")
         states = [x]
         for layer in reversed(self.bijections):
-            kw = self._kw(context) if getattr(layer, "context_dim", 0) else {}
+            kw = {"context": context} if getattr(layer, "context_dim", 0) else {}
             states.append(layer.inverse(states[-1], **kw)[0])
         return states
 
