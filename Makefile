@@ -65,7 +65,7 @@ doctor: venv
 	$(BIN)/python -m flowcourse doctor
 
 # make bench [BENCH_ARGS="--only realnvp --seeds 0 1 2"]; see python -m benchmarks --help.
-# zuko and normflows (requirements-bench.txt) are benchmark-only extras, not course dependencies.
+# normflows (requirements-bench.txt) is a benchmark-only extra, not a course dependency.
 BENCH_ARGS ?=
 bench: $(VENV)/.bench-installed
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import flowmatching, grading, nbtables, realnvp, runtime, testsuite
+from benchmarks import flowmatching, grading, nbtables, realnvp, runtime, splines, testsuite
 from benchmarks.common import (
     RESULTS,
     ROOT,
@@ -35,6 +35,7 @@ PARTS = [
     "realnvp",
     "nb04",
     "nb05",
+    "splines",
     "vae",
     "flowmatching",
     "nb09",
@@ -47,6 +48,7 @@ TITLES = {
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
     "nb05": "2c. Notebook 05 over seeds",
+    "splines": "2d. Notebook 08: spline flows, MAF and RealNVP over seeds; zuko's NSF",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
     "flowmatching": "3b. Flow matching on two moons and eight Gaussians over seeds",
     "nb09": "3c. Notebook 09 over seeds",
@@ -71,6 +73,8 @@ def summary_text(results: Path) -> str:
             body = realnvp.summarise(rows)
         elif part == "flowmatching":
             body = flowmatching.summarise(rows)
+        elif part == "splines":
+            body = splines.summarise(rows)
         elif part == "testsuite":
             body = testsuite.summarise(rows)
         elif part == "grading":
@@ -150,7 +154,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="seeds for realnvp, nb04, nb05, vae, flowmatching, nb09 and nb10",
+        help="seeds for realnvp, nb04, nb05, splines, vae, flowmatching, nb09 and nb10",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(
@@ -206,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             csv_path = results / f"{part}.csv"
             before = csv_path.stat().st_mtime_ns if csv_path.exists() else None
             # The machine as the part starts (its date is the start of the run).
-            info = machine(realnvp.library_versions() if part == "realnvp" else None)
+            with_libraries = part in ("realnvp", "splines")
+            info = machine(realnvp.library_versions() if with_libraries else None)
             if part == "runtime":
                 runtime.run(results, repeats=args.repeats, resume=args.resume)
             elif part == "realnvp":
@@ -219,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             elif part == "flowmatching":
                 flowmatching.run(results, seeds=args.seeds, resume=args.resume)
+            elif part == "splines":
+                splines.run(results, seeds=args.seeds, resume=args.resume)
             elif part == "testsuite":
                 testsuite.run(results, repeats=args.testsuite_repeats, resume=args.resume)
             elif part == "grading":

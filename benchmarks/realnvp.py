@@ -203,9 +203,18 @@ def data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def train_steps(
-    model: nn.Module, train: torch.Tensor, steps: int, seed: int
+    model: nn.Module,
+    train: torch.Tensor,
+    steps: int,
+    seed: int,
+    *,
+    lr: float = LR,
+    cosine: bool = False,
 ) -> tuple[list[float], int]:
     """Adam on the mean NLL for ``steps`` minibatches; returns (losses, skipped steps).
+
+    ``lr`` and ``cosine`` (the learning rate decays to 0 along a cosine, as ``fit``'s
+    ``schedule="cosine"``) serve other parts; this part trains at the constant ``LR``.
 
     The minibatches are those ``flowcourse.train.fit(..., generator=Generator().manual_seed(
     seed))`` draws, and a step is the same computation, so for a model whose loss stays finite
@@ -217,7 +226,8 @@ def train_steps(
     from flowcourse.train import _minibatches  # the batches fit draws
 
     batches = _minibatches(train, BATCH, torch.Generator().manual_seed(seed))
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
     losses: list[float] = []
     skipped = 0
     model.train()
@@ -228,10 +238,12 @@ def train_steps(
         value = loss.item()
         if not math.isfinite(value):
             skipped += 1
-            continue
-        loss.backward()
-        optimizer.step()
-        losses.append(value)
+        else:
+            loss.backward()
+            optimizer.step()
+            losses.append(value)
+        if scheduler is not None:
+            scheduler.step()
     return losses, skipped
 
 

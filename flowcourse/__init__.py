@@ -1,7 +1,8 @@
 """flowcourse: the helper package of a course on normalizing flows.
 
-Modules, one idea each: ``bijections`` (invertible layers), ``flows`` (a base distribution
-pushed through bijections), ``checks`` (numerical checks with messages for learners),
+Modules, one idea each: ``bijections`` (invertible layers), ``autoregressive`` (MADE, MAF and
+IAF layers), ``splines`` (rational-quadratic splines, spline flows), ``flows`` (a base
+distribution pushed through bijections), ``checks`` (numerical checks with messages for learners),
 ``data`` (toy densities with exact log-densities, digits), ``train`` (one training loop),
 ``plot``, ``vae``, ``release`` and ``grading`` (exercises and their grader).
 """

@@ -61,7 +61,13 @@ class Bijection(nn.Module):
 
     Subclasses implement ``forward(x) -> (y, log_det)`` and ``inverse(y) -> (x, log_det)``,
     calling ``self.check_input`` first. ``dim=None`` means "any dimension" (element-wise layers).
+
+    A conditional layer (``context_dim > 0``) takes ``context: (batch, context_dim)`` as a
+    keyword in both directions, ``forward(x, context=c)``: for each fixed ``c`` it is a
+    bijection of ``x`` (``self.check_context`` validates it).
     """
+
+    context_dim: int = 0  # > 0: forward and inverse need a context of this width
 
     def __init__(self, dim: int | None = None) -> None:
         super().__init__()
@@ -104,6 +110,31 @@ class Bijection(nn.Module):
             raise ValueError(
                 f"{self.label()} has {dtype} parameters but {name} is {x.dtype}: "
                 f"convert one of them, e.g. layer.to({x.dtype}) or {name}.to({dtype})"
+            )
+
+    def check_context(self, context: Tensor | None, x: Tensor) -> None:
+        """Raise a clear error unless ``context`` fits this layer and the batch ``x``."""
+        if not self.context_dim:
+            if context is not None:
+                raise ValueError(f"{self.label()} takes no context, but one was given")
+            return
+        shape = f"({x.shape[-2]}, {self.context_dim})"
+        if context is None:
+            raise ValueError(f"{self.label()} needs a context of shape {shape}, got None")
+        if not isinstance(context, Tensor):
+            raise TypeError(
+                f"{self.label()} expects a context tensor of shape {shape}, "
+                f"got {type(context).__name__}"
+            )
+        if context.shape != (x.shape[-2], self.context_dim):
+            raise ValueError(
+                f"{self.label()} expects a context of shape {shape} (one row per sample), "
+                f"got {tuple(context.shape)}"
+            )
+        if context.dtype != x.dtype:
+            raise ValueError(
+                f"{self.label()} got a {context.dtype} context for {x.dtype} inputs: "
+                f"convert it, e.g. context.to({x.dtype})"
             )
 
     def _dtype(self) -> torch.dtype | None:
@@ -375,6 +406,9 @@ class AffineCoupling(Bijection):
     two moons best in the course's benchmark (``benchmarks/realnvp.py``): smooth SiLU or the
     affine map written in the sampling direction left the test NLL higher and more
     seed-dependent after 2000 steps.
+
+    ``context_dim > 0`` makes the layer conditional: the conditioner also reads ``context:
+    (batch, context_dim)``, which both directions then need.
     """
 
     def __init__(
@@ -384,6 +418,7 @@ class AffineCoupling(Bijection):
         depth: int = 2,
         scale_bound: float | None = 2.0,
         activation: type[nn.Module] = nn.ReLU,
+        context_dim: int = 0,
     ) -> None:
         mask = torch.as_tensor(mask)
         if mask.ndim != 1 or mask.numel() < 2:
@@ -405,12 +440,19 @@ class AffineCoupling(Bijection):
                 f"AffineCoupling expects activation to be a module class such as nn.ReLU, "
                 f"got {activation!r}"
             )
+        if (
+            not isinstance(context_dim, numbers.Integral)
+            or isinstance(context_dim, bool)
+            or (context_dim < 0)
+        ):
+            raise ValueError(f"AffineCoupling expects context_dim >= 0, got {context_dim!r}")
         super().__init__(mask.numel())
         self.register_buffer("mask", mask.to(torch.get_default_dtype()))
         self.scale_bound = scale_bound
+        self.context_dim = int(context_dim)
 
         layers: list[nn.Module] = []
-        width = self.dim
+        width = self.dim + self.context_dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), activation()]
             width = hidden
@@ -422,8 +464,9 @@ class AffineCoupling(Bijection):
     def extra_repr(self) -> str:
         return f"mask={self.mask.int().tolist()}, scale_bound={self.scale_bound}"
 
-    def _scale_shift(self, x_kept: Tensor) -> tuple[Tensor, Tensor]:
-        raw, t = self.conditioner(x_kept).chunk(2, dim=-1)
+    def _scale_shift(self, x_kept: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        features = x_kept if context is None else torch.cat([x_kept, context], dim=-1)
+        raw, t = self.conditioner(features).chunk(2, dim=-1)
         s = (
             raw
             if self.scale_bound is None
@@ -434,14 +477,17 @@ class AffineCoupling(Bijection):
         return s * moved, t * moved
 
     # Contract names: forward(x) -> y runs base to data, so here x plays the docstring's z.
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x)
-        s, t = self._scale_shift(x * self.mask)  # x * mask == y * mask: kept entries are equal
+        self.check_context(context, x)
+        # x * mask == y * mask: the kept entries are equal in both directions
+        s, t = self._scale_shift(x * self.mask, context)
         return (x - t) * (-s).exp(), -s.sum(-1)
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(y, "y")
-        s, t = self._scale_shift(y * self.mask)
+        self.check_context(context, y)
+        s, t = self._scale_shift(y * self.mask, context)
         return y * s.exp() + t, s.sum(-1)
 
 
@@ -584,6 +630,7 @@ class Compose(Bijection):
 
     Log-dets are summed per sample; ``inverse`` runs the layers backwards. Use it instead of
     ``nn.Sequential``, which cannot pass (y, log_det) pairs along. Accepts layers or one list.
+    A ``context`` is passed to the layers that take one (``context_dim > 0``, all the same).
     """
 
     def __init__(self, *bijections: nn.Module) -> None:
@@ -598,7 +645,11 @@ class Compose(Bijection):
         dims = sorted({d for layer in bijections if (d := getattr(layer, "dim", None)) is not None})
         if len(dims) > 1:
             raise ValueError(f"Compose expects layers of one dim, got dims {dims}")
+        contexts = sorted({c for layer in bijections if (c := getattr(layer, "context_dim", 0))})
+        if len(contexts) > 1:
+            raise ValueError(f"Compose expects layers of one context_dim, got {contexts}")
         super().__init__(dims[0] if dims else None)
+        self.context_dim = contexts[0] if contexts else 0
         self.layers = nn.ModuleList(bijections)
 
     def __len__(self) -> int:
@@ -607,18 +658,23 @@ class Compose(Bijection):
     def __getitem__(self, index: int) -> nn.Module:
         return self.layers[index]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(x)
+        self.check_context(context, x)
         log_det = x.new_zeros(x.shape[0])
         for layer in self.layers:
-            x, step = _as_pair(layer(x), layer, "forward")
+            out = layer(x, context=context) if getattr(layer, "context_dim", 0) else layer(x)
+            x, step = _as_pair(out, layer, "forward")
             log_det = log_det + step
         return x, log_det
 
-    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+    def inverse(self, y: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.check_input(y, "y")
+        self.check_context(context, y)
         log_det = y.new_zeros(y.shape[0])
         for layer in reversed(self.layers):
-            y, step = _as_pair(layer.inverse(y), layer, "inverse")
+            conditional = getattr(layer, "context_dim", 0)
+            out = layer.inverse(y, context=context) if conditional else layer.inverse(y)
+            y, step = _as_pair(out, layer, "inverse")
             log_det = log_det + step
         return y, log_det

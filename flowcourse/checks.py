@@ -34,6 +34,8 @@ __all__ = [
     "check_state_dict",
     "check_normalised",
     "check_bijection",
+    "check_autoregressive",
+    "check_spline",
     "perturbed",
 ]
 
@@ -726,12 +728,34 @@ def check_normalised(
     return _guarded(name, body)
 
 
-def check_bijection(layer: nn.Module, x: Tensor) -> Report:
+class _AtContext(nn.Module):
+    """A conditional layer at a fixed context (a buffer): a bijection of ``x`` alone."""
+
+    def __init__(self, layer: nn.Module, context: Tensor) -> None:
+        super().__init__()
+        self.layer = layer
+        self.register_buffer("context", context.detach().clone())
+
+    def label(self) -> str:
+        return _name(self.layer)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.layer(x, context=self.context)
+
+    def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        return self.layer.inverse(y, context=self.context)
+
+
+def check_bijection(layer: nn.Module, x: Tensor, context: Tensor | None = None) -> Report:
     """Run every check on ``layer`` at the points ``x: (batch, dim)``; returns a Report.
 
     Checks that need the inverse are skipped (not failed) when it raises NotImplementedError.
+    A conditional layer is checked at a fixed ``context: (batch, context_dim)``, one row per
+    point: for each context it must be a bijection of ``x``.
     """
     shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+    if context is not None:
+        layer = _AtContext(layer, context)
     return Report(
         f"check_bijection({_name(layer)}) on x of shape {shape}",
         [
@@ -742,6 +766,342 @@ def check_bijection(layer: nn.Module, x: Tensor) -> Report:
             check_inverse_log_det(layer, x),
             check_state_dict(layer, x),
         ],
+    )
+
+
+def check_autoregressive(
+    net: Callable[..., Tensor],
+    x: Tensor,
+    context: Tensor | None = None,
+    order: Tensor | None = None,
+) -> CheckResult:
+    """Output ``i`` of ``net`` depends on every input before ``i`` in ``order``, and on no other.
+
+    The MADE property, read from the Jacobian that autograd computes in float64 at the points
+    ``x: (batch, dim)``. ``net(x)`` (or ``net(x, context)``) returns ``(batch, dim)`` or
+    ``(batch, outputs, dim)``, the numbers of entry ``i`` in the last axis; ``order`` defaults
+    to ``net.order`` if it has one, else ``0, 1, ..., dim - 1``. A dependence on the entry
+    itself or a later one breaks the triangular Jacobian (so the sum of log-scales is no longer
+    the log-det); a dependence that never shows means the masks are too strict. Use a network
+    with non-zero weights (a zero-initialised last layer shows no dependence at all), and
+    enough points that some ReLU unit on each path is active.
+    """
+    name = "autoregressive"
+
+    def body() -> CheckResult:
+        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] == 0:
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise _Broken(f"the check needs a non-empty x of shape (batch, dim), got {got}")
+        n, d = x.shape
+        copy_ = copy.deepcopy(net).double() if isinstance(net, nn.Module) else net
+        ctx = None if context is None else context.detach().double()
+        ranks = order if order is not None else getattr(net, "order", None)
+        ranks = torch.arange(d) if ranks is None else torch.as_tensor(ranks).long()
+        rank = torch.empty(d, dtype=torch.long)
+        rank[ranks] = torch.arange(d)
+
+        def outputs(v: Tensor) -> Tensor:
+            try:
+                out = copy_(v) if ctx is None else copy_(v, ctx)
+            except Exception as error:
+                raise _Broken(f"the network raised {type(error).__name__}: {error}") from None
+            if not isinstance(out, Tensor) or out.shape[0] != n or out.shape[-1] != d:
+                got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+                raise _Broken(f"expected outputs of shape ({n}, ..., {d}), got {got}")
+            return out.reshape(n, -1, d)
+
+        jac = torch.autograd.functional.jacobian(outputs, x.detach().double())
+        idx = torch.arange(n)
+        own = jac[idx, :, :, idx, :]  # (n, outputs, d, d): sample b's outputs w.r.t. its inputs
+        depends = (own.abs() > 0).any(0).any(0)  # (d, d): output i depends on input j somewhere
+        before = rank[None, :] < rank[:, None]  # input j comes before output i
+        bad = depends & ~before
+        if bool(bad.any()):
+            i, j = (int(v) for v in bad.nonzero()[0])
+            if i == j:
+                why = (
+                    f"the outputs of entry {i} depend on x_{i} itself. The output layer's "
+                    "mask must be strict (degree of the output > degree of the hidden unit): "
+                    "with >= an entry sees itself, an off-by-one in the degrees"
+                )
+            else:
+                why = f"the outputs of entry {i} depend on x_{j}, which comes after it in the order"
+            return CheckResult(
+                name,
+                False,
+                why + ". The Jacobian is then not triangular, and the sum of the log-scales "
+                "is not the log-det",
+            )
+        missing = before & ~depends
+        if bool(missing.any()):
+            i, j = (int(v) for v in missing.nonzero()[0])
+            return CheckResult(
+                name,
+                False,
+                f"the outputs of entry {i} never depend on x_{j}, which comes before it: the "
+                "masks are too strict (a hidden unit of degree k must read inputs of degree "
+                "<= k, not < k), or there are too few hidden units to carry every degree",
+            )
+        return CheckResult(
+            name,
+            True,
+            f"each entry's outputs depend on all earlier entries and on no other, "
+            f"on {n} points (float64)",
+        )
+
+    return _guarded(name, body)
+
+
+# --- splines --------------------------------------------------------------------------------
+
+
+def _spline_run(
+    fn: Callable[..., object], v: Tensor, params: tuple[Tensor, ...], bound: float, what: str
+) -> tuple[Tensor, Tensor]:
+    try:
+        out = fn(v, *params, bound)
+    except Exception as error:
+        raise _Broken(f"{what} raised {type(error).__name__}: {error}") from None
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, Tensor) for t in out)):
+        raise _Broken(f"{what} must return a pair of tensors (values, log_det)")
+    y, log_det = out
+    if y.shape != v.shape or log_det.shape != v.shape:
+        raise _Broken(
+            f"{what} must return values and log_det of the input's shape {tuple(v.shape)}, "
+            f"got {tuple(y.shape)} and {tuple(log_det.shape)}"
+        )
+    return y, log_det
+
+
+def _spline_params(
+    n: int, bins: int, std: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    def draw(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.float64) * std
+
+    return draw(n, bins), draw(n, bins), draw(n, bins - 1)
+
+
+def check_spline(
+    spline: Callable[..., tuple[Tensor, Tensor]],
+    spline_inverse: Callable[..., tuple[Tensor, Tensor]] | None = None,
+    *,
+    bound: float = 3.0,
+    bins: int = 5,
+    reference: bool = True,
+    seed: int = 0,
+    atol: float = 1e-6,
+) -> Report:
+    """Check a monotone rational-quadratic spline with identity tails, in float64.
+
+    ``spline(x, widths, heights, derivatives, bound) -> (y, log_det)`` acts element-wise on
+    ``x: (n,)`` with raw parameters ``(n, K)``, ``(n, K)``, ``(n, K - 1)`` (one spline per
+    element), as ``flowcourse.splines.rq_spline``; ``spline_inverse`` (optional) likewise.
+    Parameters are drawn with ``seed``. Checked: all-zero parameters give the identity; the
+    values match the course's parametrisation (``reference=True``: softmax widths and
+    heights, boundary slopes 1); log-dets against autograd; the joins at ``+-bound`` (continuous,
+    slope 1 on both sides); finite gradients for inputs outside ``[-bound, bound]``; the round
+    trip.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = 64
+    params = _spline_params(n, bins, 1.5, gen)
+    x_in = (torch.rand(n, generator=gen, dtype=torch.float64) * 2 - 1) * bound * 0.999
+    x_all = torch.cat([x_in, (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 4 * bound])
+    params_all = tuple(torch.cat([p, p]) for p in params)
+    zeros = tuple(torch.zeros_like(p) for p in params_all)
+    directions = [("forward", spline)] + ([("inverse", spline_inverse)] * bool(spline_inverse))
+    results: list[CheckResult] = []
+
+    def identity() -> CheckResult:
+        problems = []
+        for direction, fn in directions:
+            y, log_det = _spline_run(fn, x_all, zeros, bound, direction)
+            error = max((y - x_all).abs().max().item(), log_det.abs().max().item())
+            if not math.isfinite(error) or error > atol:
+                hint = ""
+                if direction == "inverse" and not bool(y.isfinite().all()):
+                    hint = (
+                        ": NaN where every bin is straight. There a = 0 in a xi^2 + b xi + c = 0, "
+                        "and the textbook root (-b + sqrt(b^2 - 4ac)) / 2a is 0 / 0; use "
+                        "xi = 2c / (-b - sqrt(b^2 - 4ac))"
+                    )
+                elif not hint:
+                    hint = (
+                        ": all-zero raw parameters must give equal bins and unit slopes "
+                        "(a raw derivative of 0 is a slope of 1)"
+                    )
+                problems.append(f"{direction} is not the identity (error {error:.3g}){hint}")
+        if problems:
+            return CheckResult("identity at zero", False, "; ".join(problems))
+        return CheckResult(
+            "identity at zero", True, "all-zero parameters give y = x and log_det = 0"
+        )
+
+    def matches_reference() -> CheckResult:
+        from flowcourse.splines import rq_spline
+
+        y, _ = _spline_run(spline, x_in, params, bound, "forward")
+        expected, _ = rq_spline(x_in, *params, bound)
+        if _close(y, expected, atol):
+            return CheckResult(
+                "parametrisation", True, "the values match flowcourse.splines.rq_spline"
+            )
+        widths, heights, derivatives = params
+        twice, _ = rq_spline(x_in, widths.softmax(-1), heights.softmax(-1), derivatives, bound)
+        if _close(y, twice, atol):
+            return CheckResult(
+                "parametrisation",
+                False,
+                "the values are those of the reference spline given softmax(widths) and "
+                "softmax(heights) as raw parameters: the widths and heights were normalised "
+                "twice (a softmax of a softmax), which squeezes every bin towards the same size",
+            )
+        i = int((y - expected).abs().nan_to_num(nan=math.inf).argmax())
+        return CheckResult(
+            "parametrisation",
+            False,
+            f"at x = {x_in[i].item():.6g} the spline gives {y[i].item():.6g}, the course's "
+            f"parametrisation {expected[i].item():.6g} (softmax widths and heights scaled to "
+            f"[-B, B], slopes min_derivative + softplus(raw + c) with boundary slopes 1)",
+        )
+
+    def log_dets() -> CheckResult:
+        problems = []
+        for direction, fn in directions:
+            v = x_all if direction == "forward" else spline(x_all, *params_all, bound)[0]
+            v = v.detach().clone().requires_grad_(True)
+            y, log_det = _spline_run(fn, v, params_all, bound, direction)
+            (slope,) = torch.autograd.grad(y.sum(), v)
+            if not bool(slope.isfinite().all()):
+                i = int((~slope.isfinite()).nonzero()[0])
+                problems.append(
+                    f"{direction}: autograd's slope is {slope[i].item()} at {v[i].item():.6g}"
+                    + (" (a tail input: see the tail gradients)" if v[i].abs() > bound else "")
+                )
+                continue
+            if bool((slope <= 0).any()):
+                i = int((slope <= 0).nonzero()[0])
+                problems.append(
+                    f"{direction}: slope {slope[i].item():.3g} <= 0 at {v[i].item():.6g}: "
+                    "not increasing (every knot slope must be positive)"
+                )
+                continue
+            error = (log_det.detach() - slope.log()).abs()
+            if not bool((error <= atol).all()):
+                i = int(error.nan_to_num(nan=math.inf).argmax())
+                problems.append(
+                    f"{direction}: log_det {log_det[i].item():.6g} at {v[i].item():.6g}, but "
+                    f"log of the slope from autograd is {slope[i].log().item():.6g}"
+                )
+        if problems:
+            return CheckResult("log-det", False, "; ".join(problems))
+        return CheckResult("log-det", True, "log_det = log(dy/dx) from autograd at every point")
+
+    def joins() -> CheckResult:
+        problems: dict[str, str] = {}  # the first problem of each direction
+        for side in (-1.0, 1.0):
+            for direction, fn in directions:
+                if direction in problems:
+                    continue
+                edge = torch.full((n,), side * bound, dtype=torch.float64)
+                tiny = 1e-10 * bound  # small enough that the slope inside has not moved
+                for label, v in (("inside", edge - side * tiny), ("outside", edge + side * tiny)):
+                    v = v.clone().requires_grad_(True)
+                    y, _ = _spline_run(fn, v, params, bound, direction)
+                    (slope,) = torch.autograd.grad(y.sum(), v)
+                    jump = (y.detach() - v.detach()).abs().max().item()
+                    if jump > 1e-5 * bound:
+                        problems[direction] = (
+                            f"{direction}: at {side * bound:+g} ({label}) the spline is "
+                            f"{jump:.3g} away from the identity: the first and last knots must "
+                            "be (-B, -B) and (B, B), or the map jumps where the tails begin"
+                        )
+                        break
+                    worst = (slope - 1).abs().max().item()
+                    if worst > 1e-3:
+                        i = int((slope - 1).abs().argmax())
+                        problems[direction] = (
+                            f"{direction}: the slope at {side * bound:+g} is "
+                            f"{slope[i].item():.4g} from {label} but must be 1 on both sides: "
+                            "fix the boundary derivatives d_0 = d_K = 1 (pad them after the "
+                            "positivity transform), so the spline joins the identity tails "
+                            "smoothly"
+                        )
+                        break
+        if problems:
+            return CheckResult("boundary", False, "; ".join(problems.values()))
+        return CheckResult(
+            "boundary", True, f"continuous with slope 1 on both sides of -{bound:g} and {bound:g}"
+        )
+
+    def tails() -> CheckResult:
+        factors = torch.tensor([1.001, 1.5, 3.0, 10.0, 1e3, 1e30, 1e200], dtype=torch.float64)
+        far = torch.cat([-factors, factors]) * bound
+        m = len(far)
+        tail_params = tuple(p[:m].detach().clone().requires_grad_(True) for p in params)
+        problems = []
+        for direction, fn in directions:
+            v = far.clone().requires_grad_(True)
+            y, log_det = _spline_run(fn, v, tail_params, bound, direction)
+            if not bool((y == far).all()) or not bool((log_det == 0).all()):
+                problems.append(
+                    f"{direction}: outside [-{bound:g}, {bound:g}] the map must be the identity "
+                    "with log_det 0"
+                )
+                continue
+            grads = torch.autograd.grad((y + log_det).sum(), (v, *tail_params))
+            bad = ~torch.stack([g.reshape(m, -1).isfinite().all(1) for g in grads]).all(0)
+            if bool(bad.any()):
+                i = int(bad.nonzero()[0])
+                problems.append(
+                    f"{direction}: NaN or infinite gradient at the tail input {far[i].item():g}. "
+                    "The spline's formulas were evaluated on it and torch.where passed their "
+                    "NaN gradient on (0 * NaN = NaN): clamp (or mask) the inputs into [-B, B] "
+                    "before the spline arithmetic"
+                )
+        if problems:
+            return CheckResult("tail gradients", False, "; ".join(problems))
+        return CheckResult(
+            "tail gradients", True, "finite gradients for inputs outside the interval, up to 1e200"
+        )
+
+    def round_trip() -> CheckResult:
+        y, log_det = _spline_run(spline, x_all, params_all, bound, "forward")
+        back, log_det_back = _spline_run(spline_inverse, y.detach(), params_all, bound, "inverse")
+        error = (back - x_all).abs().nan_to_num(nan=math.inf)
+        if bool((error <= 1e-8 * bound + atol).all()):
+            if _close(log_det_back, -log_det, atol):
+                return CheckResult(
+                    "round trip", True, "inverse(spline(x)) = x; the inverse's log_det is minus"
+                )
+            return CheckResult(
+                "round trip",
+                False,
+                "x comes back, but the inverse's log_det is not minus the forward one",
+            )
+        i = int(error.argmax())
+        message = f"inverse(spline(x)) = {back[i].item():.6g} for x = {x_all[i].item():.6g}"
+        from flowcourse.splines import rq_spline_inverse
+
+        expected, _ = rq_spline_inverse(y.detach(), *params_all, bound)
+        if _close(expected, x_all, 1e-6) and (back[i] - expected[i]).abs() > 1e-6:
+            message += (
+                ": the inverse solves the right quadratic but returns its other root, outside "
+                "the bin. Take xi = 2c / (-b - sqrt(b^2 - 4ac)), the root in [0, 1]"
+            )
+        return CheckResult("round trip", False, message)
+
+    results.append(_guarded("identity at zero", identity))
+    if reference:
+        results.append(_guarded("parametrisation", matches_reference))
+    results.append(_guarded("log-det", log_dets))
+    results.append(_guarded("boundary", joins))
+    results.append(_guarded("tail gradients", tails))
+    if spline_inverse is not None:
+        results.append(_guarded("round trip", round_trip))
+    return Report(
+        f"check_spline({getattr(spline, '__name__', 'spline')}, K={bins}, B={bound:g})", results
     )
 
 

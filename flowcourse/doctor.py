@@ -24,6 +24,7 @@ NOTEBOOK_MODULES = {
     "ipykernel": "ipykernel",
     "nbformat": "nbformat",
     "nbclient": "nbclient",
+    "zuko": "zuko",
 }
 
 

@@ -56,6 +56,10 @@ class Flow(nn.Module):
     ``base`` is any Distribution with ``event_shape (dim,)``; ``bijections`` are listed base ->
     data and kept in ``self.transform`` (a :class:`Compose`). ``flow.double()`` also converts
     the base; the base is not part of ``state_dict``.
+
+    A conditional flow (layers with ``context_dim > 0``) models ``q(x | c)``: ``log_prob(x,
+    context=c)`` with ``c: (batch, context_dim)``, ``sample(n, context=c)`` with one row of
+    ``c`` per sample, or a single ``(context_dim,)`` row shared by all ``n``.
     """
 
     def __init__(self, base: Distribution, bijections: Sequence[nn.Module] | nn.Module) -> None:
@@ -108,19 +112,37 @@ class Flow(nn.Module):
             raise ValueError(f"Flow expects a number of samples n >= 1, got {n!r}")
         return int(n)
 
-    def log_prob(self, x: Tensor) -> Tensor:
-        """``x: (batch, dim) -> (batch,)``: log p(z) at z = inverse(x) plus the inverse log-dets."""
+    @property
+    def context_dim(self) -> int:
+        """Width of the context of a conditional flow, 0 for an unconditional one."""
+        return self.transform.context_dim
+
+    def _sample_context(self, n: int, context: Tensor | None) -> Tensor | None:
+        # One (context_dim,) row serves all n samples.
+        if isinstance(context, Tensor) and context.ndim == 1:
+            return context.expand(n, -1)
+        return context
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """``x: (batch, dim) -> (batch,)``: log p(z) at z = inverse(x) plus the inverse log-dets.
+
+        A conditional flow needs ``context: (batch, context_dim)`` and gives ``log q(x | c)``.
+        """
         self._check(x, "log_prob")
-        z, log_det = self.transform.inverse(x)
+        z, log_det = self.transform.inverse(x, context=context)
         return self.base.log_prob(z) + log_det
 
     @torch.no_grad()
-    def sample(self, n: int) -> Tensor:
-        """``n`` samples, ``(n, dim)``, without gradients (use ``sample_and_log_prob`` to train)."""
-        z = self.base.sample((self._check_n(n),))
-        return self.transform(z)[0]
+    def sample(self, n: int, context: Tensor | None = None) -> Tensor:
+        """``n`` samples, ``(n, dim)``, without gradients (use ``sample_and_log_prob`` to train).
 
-    def sample_and_log_prob(self, n: int) -> tuple[Tensor, Tensor]:
+        A conditional flow needs ``context: (n, context_dim)``, or one ``(context_dim,)`` row.
+        """
+        n = self._check_n(n)
+        z = self.base.sample((n,))
+        return self.transform(z, context=self._sample_context(n, context))[0]
+
+    def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(x: (n, dim), log q(x): (n,))`` in the forward direction only, with gradients.
 
         ``log q(x) = log p(z) - sum of forward log-dets``: no inverse is needed, which is what
@@ -128,25 +150,27 @@ class Flow(nn.Module):
         """
         n = self._check_n(n)
         z = self.base.rsample((n,)) if self.base.has_rsample else self.base.sample((n,))
-        x, log_det = self.transform(z)
+        x, log_det = self.transform(z, context=self._sample_context(n, context))
         return x, self.base.log_prob(z) - log_det
 
     @torch.no_grad()
-    def trace(self, z: Tensor) -> list[Tensor]:
+    def trace(self, z: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """``[z, f_1(z), f_2(f_1(z)), ..., x]``: the K + 1 states, for per-layer plots."""
         self._check(z, "trace")
         states = [z]
         for layer in self.bijections:
-            states.append(layer(states[-1])[0])
+            kw = {"context": context} if getattr(layer, "context_dim", 0) else {}
+            states.append(layer(states[-1], **kw)[0])
         return states
 
     @torch.no_grad()
-    def trace_inverse(self, x: Tensor) -> list[Tensor]:
+    def trace_inverse(self, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """``[x, f_K^{-1}(x), ..., z]``: the K + 1 states from data back to the base."""
         self._check(x, "trace_inverse")
         states = [x]
         for layer in reversed(self.bijections):
-            states.append(layer.inverse(states[-1])[0])
+            kw = {"context": context} if getattr(layer, "context_dim", 0) else {}
+            states.append(layer.inverse(states[-1], **kw)[0])
         return states
 
 
@@ -158,14 +182,15 @@ def realnvp(
     scale_bound: float | None = 2.0,
     actnorm: bool = False,
     activation: type[nn.Module] = nn.ReLU,
+    context_dim: int = 0,
 ) -> Flow:
     """A RealNVP flow (Dinh et al. 2017) on R^dim with a standard normal base.
 
     ``layers`` coupling layers with alternating masks ``[1, 0, 1, ...]`` and ``[0, 1, 0, ...]``
     (for dim 2: ``[1, 0]`` and ``[0, 1]``), so every entry is transformed. ``actnorm=True`` puts
     an :class:`ActNorm` after each coupling, i.e. first on the way from data to base.
-    ``hidden``, ``depth``, ``scale_bound`` and ``activation`` configure every
-    :class:`AffineCoupling`.
+    ``hidden``, ``depth``, ``scale_bound``, ``activation`` and ``context_dim`` (> 0: a
+    conditional flow ``q(x | c)``) configure every :class:`AffineCoupling`.
     """
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 2:
         raise ValueError(
@@ -177,7 +202,12 @@ def realnvp(
         mask = (torch.arange(dim) + k) % 2 == 0
         steps.append(
             AffineCoupling(
-                mask, hidden=hidden, depth=depth, scale_bound=scale_bound, activation=activation
+                mask,
+                hidden=hidden,
+                depth=depth,
+                scale_bound=scale_bound,
+                activation=activation,
+                context_dim=context_dim,
             )
         )
         if actnorm:

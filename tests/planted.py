@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from flowcourse.autoregressive import MADE, AffineAutoregressive
 from flowcourse.bijections import Bijection
 
 
@@ -181,3 +182,116 @@ class ReturnsTensor(Bijection):
 class ForwardOnly(_Affine):
     def inverse(self, y: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError("no inverse")
+
+
+# --- autoregressive layers: MADE masks off by one -------------------------------------------
+
+
+class SelfSeeingMADE(MADE):
+    """Output mask ``>=`` instead of ``>``: entry i's parameters read x_i itself."""
+
+    def masks(self, in_degrees: Tensor, hidden: list[Tensor]) -> list[Tensor]:
+        masks = super().masks(in_degrees, hidden)
+        masks[-1] = in_degrees[:, None] >= hidden[-1][None, :]  # BUG: off by one
+        return masks
+
+
+class TooStrictMADE(MADE):
+    """Hidden masks ``>`` instead of ``>=``: in 2-D the second entry never sees the first."""
+
+    def masks(self, in_degrees: Tensor, hidden: list[Tensor]) -> list[Tensor]:
+        masks = super().masks(in_degrees, hidden)
+        masks[0] = hidden[0][:, None] > in_degrees[None, :]  # BUG: off by one
+        return masks
+
+
+def self_seeing_maf_layer(dim: int, hidden: int = 16) -> AffineAutoregressive:
+    """A MAF layer whose MADE lets each entry see itself (random weights, so it shows)."""
+    layer = AffineAutoregressive(dim, hidden, depth=1, zero_init=False)
+    layer.made = SelfSeeingMADE(dim, 2, hidden, depth=1)
+    return layer
+
+
+# --- rational-quadratic splines: the pitfalls of writing one ---------------------------------
+
+
+def _spline(
+    v: Tensor,
+    widths: Tensor,
+    heights: Tensor,
+    derivatives: Tensor,
+    bound: float,
+    *,
+    inverse: bool = False,
+    boundary_from_softplus: bool = False,
+    clamp_tails: bool = True,
+    wrong_root: bool = False,
+    softmax_twice: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """A spline written from scratch, with one switch per bug (all off: a correct spline)."""
+    bins = widths.shape[-1]
+    if softmax_twice:
+        widths, heights = widths.softmax(-1), heights.softmax(-1)  # BUG: normalised again below
+
+    def knots(raw: Tensor) -> Tensor:
+        share = 1e-3 + (1 - 1e-3 * bins) * raw.softmax(-1)
+        cum = torch.cumsum(share, -1)
+        inner = -bound + 2 * bound * cum[..., :-1]
+        edge = torch.full_like(cum[..., :1], bound)
+        return torch.cat([-edge, inner, edge], -1)
+
+    xk, yk = knots(widths), knots(heights)
+    offset = torch.log(torch.expm1(torch.tensor(1 - 1e-3, dtype=v.dtype)))
+    if boundary_from_softplus:  # BUG: the boundary slopes come out of softplus(0), not 1
+        dk = 1e-3 + nn.functional.softplus(nn.functional.pad(derivatives, (1, 1)))
+    else:
+        slopes = 1e-3 + nn.functional.softplus(derivatives + offset)
+        dk = nn.functional.pad(slopes, (1, 1), value=1.0)
+    inside = (v >= -bound) & (v <= bound)
+    u = v.clamp(-bound, bound) if clamp_tails else v  # BUG when False: arithmetic on the tails
+    edges = yk if inverse else xk
+    k = (u[..., None] >= edges[..., 1:-1]).sum(-1, keepdim=True)
+
+    def at(t: Tensor, j: Tensor) -> Tensor:
+        return t.gather(-1, j).squeeze(-1)
+
+    x0, x1, y0, y1 = at(xk, k), at(xk, k + 1), at(yk, k), at(yk, k + 1)
+    d0, d1 = at(dk, k), at(dk, k + 1)
+    s = (y1 - y0) / (x1 - x0)
+    if inverse:
+        dy, curve = u - y0, d0 + d1 - 2 * s
+        a = (y1 - y0) * (s - d0) + dy * curve
+        b = (y1 - y0) * d0 - dy * curve
+        c = -s * dy
+        root = (b * b - 4 * a * c).sqrt()
+        xi = (-b - root) / (2 * a) if wrong_root else 2 * c / (-b - root)  # BUG: other root
+        out = x0 + xi * (x1 - x0)
+    else:
+        xi = (u - x0) / (x1 - x0)
+        between = xi * (1 - xi)
+        out = y0 + (y1 - y0) * (s * xi**2 + d0 * between) / (s + (d0 + d1 - 2 * s) * between)
+    between = xi * (1 - xi)
+    slope = (
+        s**2
+        * (d1 * xi**2 + 2 * s * between + d0 * (1 - xi) ** 2)
+        / (s + (d0 + d1 - 2 * s) * between) ** 2
+    )
+    log_det = -slope.log() if inverse else slope.log()
+    return torch.where(inside, out, v), torch.where(inside, log_det, torch.zeros_like(log_det))
+
+
+def _pair(**bug: bool):
+    def forward(x, widths, heights, derivatives, bound):
+        return _spline(x, widths, heights, derivatives, bound, **bug)
+
+    def inverse(y, widths, heights, derivatives, bound):
+        return _spline(y, widths, heights, derivatives, bound, inverse=True, **bug)
+
+    return forward, inverse
+
+
+correct_spline, correct_spline_inverse = _pair()
+boundary_slope_spline, boundary_slope_spline_inverse = _pair(boundary_from_softplus=True)
+unclamped_spline, unclamped_spline_inverse = _pair(clamp_tails=False)
+wrong_root_spline, wrong_root_spline_inverse = _pair(wrong_root=True)
+softmax_twice_spline, softmax_twice_spline_inverse = _pair(softmax_twice=True)

@@ -12,7 +12,7 @@ import math
 import nbformat
 import pytest
 
-from benchmarks import flowmatching, nbtables, realnvp, runtime, testsuite
+from benchmarks import flowmatching, nbtables, realnvp, runtime, splines, testsuite
 from benchmarks.__main__ import main, parse_args, summary_text
 from benchmarks.common import ResultFile, read_csv, record_machine, spread
 from benchmarks.nbseed import MARKER, notebook_results, results_cell, seeded_copy
@@ -224,6 +224,90 @@ def test_benchmark_loop_skips_and_counts_non_finite_steps():
     assert losses == [] and skipped == 4
 
 
+def test_benchmark_loop_with_a_cosine_schedule_trains_as_fit_does():
+    import torch
+
+    from flowcourse.train import fit
+
+    train = torch.randn(600, 2)
+    weights = []
+    for use_fit in (True, False):
+        torch.manual_seed(0)
+        model = splines.MODELS["spline"][0]()
+        if use_fit:
+            generator = torch.Generator().manual_seed(3)
+            fit(
+                model,
+                train,
+                steps=5,
+                lr=5e-3,
+                schedule="cosine",
+                progress=False,
+                generator=generator,
+            )
+        else:
+            realnvp.train_steps(model, train, 5, seed=3, lr=5e-3, cosine=True)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])
+
+
+def test_splines_part_runs_pairs_and_resumes(tmp_path, monkeypatch):
+    monkeypatch.setattr(splines, "N_TRAIN", 300)
+    monkeypatch.setattr(splines, "N_TEST", 200)
+    tiny = {name: (f, {"moons": (3, 1e-3)}, lib) for name, (f, _, lib) in splines.MODELS.items()}
+    monkeypatch.setattr(splines, "MODELS", tiny)
+    names = ["spline", "zuko-nsf", "realnvp"]
+    splines.run(tmp_path, seeds=[0], models=names, datasets=["moons"])
+    rows = {r["model"]: r for r in read_csv(tmp_path / "splines.csv")}
+    assert set(rows) == set(names) and all(r["status"] == "ok" for r in rows.values())
+    spline, realnvp_row = rows["spline"], rows["realnvp"]
+    assert spline["paired_with"] == "realnvp" and rows["zuko-nsf"]["paired_with"] == "spline"
+    # the paired difference is the difference of the two gaps, computed point by point
+    assert math.isclose(
+        float(spline["paired_diff"]),
+        float(spline["gap"]) - float(realnvp_row["gap"]),
+        rel_tol=1e-4,
+        abs_tol=1e-5,
+    )
+    assert 0 < float(spline["paired_diff_se"]) and realnvp_row["paired_with"] == ""
+    before = (tmp_path / "splines.csv").read_text()
+    splines.run(tmp_path, seeds=[0], models=names, datasets=["moons"], resume=True)
+    assert (tmp_path / "splines.csv").read_text() == before  # nothing left to do
+
+
+def test_splines_summary_reports_gaps_speed_and_pairs():
+    def row(model, data, seed, gap, ms, paired=("", "", "")):
+        return {
+            "model": model,
+            "data": data,
+            "seed": str(seed),
+            "steps": "1500",
+            "lr": "0.005",
+            "params": "100",
+            "test_nll": str(0.3 + gap),
+            "exact_nll": "0.2809",
+            "gap": str(gap),
+            "gap_se": "0.002",
+            "paired_with": paired[0],
+            "paired_diff": paired[1],
+            "paired_diff_se": paired[2],
+            "cpu_ms_per_step": str(ms),
+            "wall_ms_per_step": str(ms),
+            "skipped_steps": "0",
+            "status": "ok",
+        }
+
+    rows = [row("realnvp", "moons", s, 0.03, 10.0) for s in range(2)]
+    rows += [row("spline", "moons", s, 0.02, 20.0, ("realnvp", "-0.01", "0.001")) for s in range(2)]
+    rows += [row("zuko-nsf", "moons", 0, 0.021, 30.0, ("spline", "0.001", "0.001"))]
+    text = splines.summarise(rows)
+    assert "| moons | spline | 1500 at 0.005 | 2/2 | 0.020 ± 0.000 (0.020-0.020) |" in text
+    assert "| 1.50 | 100 |" in text  # zuko's ms per step relative to the spline's
+    assert "| moons | spline - realnvp | -0.0100 ± 0.0010 / -0.0100 ± 0.0010 | 2/2 | 2/2 |" in text
+    assert "| moons | zuko-nsf - spline | +0.0010 ± 0.0010 | 0/1 | 1/1 |" in text
+    assert "moons 0.2809 nats" in text
+
+
 def test_testsuite_counts_pytest_summary_lines():
     output = (
         "All checks passed!\n"
@@ -251,6 +335,7 @@ def test_summary_only_command_writes_summary_without_running_anything(tmp_path, 
 
 def test_command_line_rejects_unknown_parts():
     assert parse_args(["--only", "realnvp,vae"]).only == ["realnvp", "vae"]
+    assert parse_args(["--only", "splines"]).only == ["splines"]
     with pytest.raises(SystemExit):
         parse_args(["--only", "speed"])
 

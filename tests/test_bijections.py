@@ -33,6 +33,7 @@ from flowcourse.bijections import (
     radial,
     radial_inverse,
 )
+from flowcourse.checks import check_bijection
 
 EXAMPLES = settings(max_examples=25, deadline=None)
 dims = st.integers(1, 6)
@@ -476,3 +477,22 @@ def test_dtype_check_follows_own_tensors_then_submodules():
         with pytest.raises(ValueError, match="float64 parameters but x is torch.float32"):
             layer(torch.zeros(3, 2))
     assert Reverse(2)(torch.zeros(3, 2, dtype=torch.float64))[0].dtype == torch.float64
+
+
+def test_affine_coupling_takes_an_optional_context():
+    torch.manual_seed(0)
+    plain = AffineCoupling(torch.tensor([1, 0, 1]), hidden=8)
+    conditional = AffineCoupling(torch.tensor([1, 0, 1]), hidden=8, context_dim=2)
+    assert conditional.conditioner[0].in_features == 5 and conditional.context_dim == 2
+    randomize(conditional, 1, 0.5)
+    x, c = torch.randn(16, 3), torch.randn(16, 2)
+    report = check_bijection(conditional, x, context=c)
+    assert report.passed, str(report)
+    y, _ = conditional(x, context=c)
+    assert not torch.allclose(y, conditional(x, context=c + 1)[0])  # the context matters
+    with pytest.raises(ValueError, match="needs a context of shape"):
+        conditional(x)
+    with pytest.raises(ValueError, match="takes no context"):
+        plain(x, context=c)
+    with pytest.raises(ValueError, match="context_dim"):
+        AffineCoupling(torch.tensor([1, 0]), context_dim=-1)
