@@ -284,10 +284,12 @@ class FamilyRealNVP:
         return z
 
 
-# Pass marks, from the reference solution's spread over 200 grader seeds (make bench, part
-# `grading`): see benchmarks/results/summary.md and the note in the README.
-TRAIN_REALNVP_MAX_NLL = 1.55  # nats; entropy of the data 1.008, one Gaussian about 1.91
-MAX_OFF_MOONS = 0.10  # share of samples where the data's density is below its 0.1% quantile
+# Pass marks, set from the reference solution's spread over 200 fresh grader seeds (make bench,
+# part `grading`, benchmarks/results/summary.md): its test NLL ranged 1.146-1.425 nats (median
+# 1.233; the data's entropy is 1.008, one Gaussian about 1.91) and its share of samples off the
+# moons 1.6%-11.8% (median 4.3%; a 4-layer flow leaves bridges between the arcs).
+TRAIN_REALNVP_MAX_NLL = 1.55  # nats
+MAX_OFF_MOONS = 0.25  # share of samples where the data's density is below its 0.1% quantile
 
 
 def _family(value) -> FamilyRealNVP:
