@@ -10,6 +10,7 @@ files. The HTML goes to ``build/site/html`` (publish that folder as it is).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import resource
 import shutil
@@ -103,6 +104,10 @@ extensions = [e for e in extensions if e not in _unused]
 """
 
 
+# MyST front matter: no in-page contents column, so that tables get the width.
+WIDE_PAGE = b"---\nhtml_theme.sidebar_secondary.remove: true\n---\n\n"
+
+
 def toc(lessons: list[Path], exercises: list[Path]) -> dict:
     def doc(path: Path) -> dict:
         return {"file": path.with_suffix("").as_posix()}
@@ -149,7 +154,7 @@ def stage(src: Path, root: Path = ROOT) -> list[str]:
         Path("_toc.yml"): yaml.safe_dump(
             toc(lesson_paths, exercise_paths), sort_keys=False
         ).encode(),
-        Path("index.md"): landing.encode(),
+        Path("index.md"): WIDE_PAGE + landing.encode(),
         Path("assignments.md"): pages.assignments_page(exercises, lessons).encode(),
     }
     for path in lesson_paths + exercise_paths:
@@ -157,7 +162,10 @@ def stage(src: Path, root: Path = ROOT) -> list[str]:
     results = root / "benchmarks" / "results"
     for path in sorted(results.glob("*")):
         if path.suffix in (".md", ".csv"):
-            files[Path("benchmarks") / path.name] = path.read_bytes()
+            data = path.read_bytes()
+            if path.suffix == ".md":  # wide tables: give them the page's full width
+                data = WIDE_PAGE + data
+            files[Path("benchmarks") / path.name] = data
     for path in sorted((HERE / "static").glob("*")):
         files[Path("_static") / path.name] = path.read_bytes()
     # conf.py is generated from _config.yml below; keep it.
@@ -188,8 +196,15 @@ def build(out: Path = OUT, *, strict: bool = True, clean: bool = False) -> Path:
     bin_dir = Path(sys.executable).parent
     _run([bin_dir / "jupyter-book", "config", "sphinx", src])
     conf = src / "conf.py"
-    conf.write_text(conf.read_text() + CONF_OVERRIDES)
+    # A change to the site's own reading of notebooks rebuilds every page (a config change).
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in _site_code())).hexdigest()[:16]
+    conf.write_text(conf.read_text() + CONF_OVERRIDES + f"flowcourse_site_code = {code!r}\n")
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-q", "-d", doctrees, src, html]
+    # Sphinx copies static files only when a page is out of date, and keeps one already in the
+    # output: put the site's own in place, and rewrite every page (their links carry a
+    # checksum of each file) when one of them changed.
+    if _place_static(html / "_static"):
+        cmd.insert(3, "-a")
     if strict:
         cmd[3:3] = ["-W", "--keep-going"]
     # conf.py names the local extension; jupyter-book's own CLI would put its folder on the path.
@@ -207,6 +222,22 @@ def build(out: Path = OUT, *, strict: bool = True, clean: bool = False) -> Path:
         f"{du(html) / 1e6:.1f} MB; built in {wall:.0f} s wall, {cpu:.0f} CPU s"
     )
     return html
+
+
+def _site_code() -> list[Path]:
+    return sorted((HERE / "ext").glob("*.py")) + [HERE / "cells.py"]
+
+
+def _place_static(target: Path) -> bool:
+    """Copy website/static/ into the output's _static/; True if a file was new or changed."""
+    changed = False
+    for path in sorted((HERE / "static").glob("*")):
+        dst = target / path.name
+        if not dst.exists() or dst.read_bytes() != path.read_bytes():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dst)
+            changed = True
+    return changed
 
 
 def _cpu() -> float:

@@ -69,13 +69,21 @@ def _run_links(app: Sphinx, doctree: nodes.document, docname: str) -> None:
             0, f'<a class="reference external" href="{escape(binder)}">run it on Binder</a>'
         )
     html = (
-        '<p class="flowcourse-run">This page shows the notebook\'s stored outputs. '
-        + "To run it yourself, "
+        f'<p class="flowcourse-run">{_lead(path)} '
         + " or ".join(links)
         + " (<code>make lab</code> opens it in JupyterLab).</p>"
     )
     section = title.parent
     section.insert(section.index(title) + 1, nodes.raw("", html, format="html"))
+
+
+def _lead(path: Path) -> str:
+    if path.parts[0] == "exercises":
+        return (
+            "The assignment as students get it. To work on it, with its check cells, "
+            "open it in the course's environment:"
+        )
+    return "This page shows the notebook's stored outputs. To run it yourself,"
 
 
 def _copy_mathjax(app: Sphinx, exc: Exception | None) -> None:
@@ -101,6 +109,8 @@ def _local_mathjax(app: Sphinx, config) -> None:
 def setup(app: Sphinx) -> dict:
     import mathjax  # noqa: F401  (fail at start, not at the end, when it is missing)
 
+    # Set by website/build.py to a digest of this code: when it changes, every page is re-read.
+    app.add_config_value("flowcourse_site_code", "", "env")
     app.connect("config-inited", _local_mathjax)
     app.connect("source-read", _tag_cells)
     app.connect("doctree-resolved", _run_links)
