@@ -174,6 +174,20 @@ def test_landing_page_reads_its_numbers_from_the_result_files(tmp_path):
     assert "0.041 nats" in pages.landing_page(tmp_path, lessons, [])[0]
 
 
+def test_the_course_totals_say_when_a_lesson_has_no_budget_or_time(tmp_path):
+    _nb(tmp_path / "notebooks" / "01_change_of_variables.ipynb", "01 · Change of variables")
+    _nb(tmp_path / "notebooks" / "99_new.ipynb", "99 · A lesson with no budget yet")
+    lessons = [
+        pages.read_notebook(tmp_path, p.relative_to(tmp_path))
+        for p in sorted((tmp_path / "notebooks").glob("*.ipynb"))
+    ]
+    text = pages.landing_page(tmp_path, lessons, [])[0]
+    total = next(line for line in text.splitlines() if "the whole course" in line)
+    budget = pages.budgets()["01"]
+    assert f"| {budget:.0f} s for 1 of 2 lessons | — |" in total, total
+    assert "| [99 · A lesson with no budget yet](notebooks/99_new.ipynb) | — | — | — |" in text
+
+
 def test_a_recorded_result_that_disappears_is_reported(tmp_path):
     _nb(tmp_path / "notebooks" / "04_realnvp_2d.ipynb", "04 · RealNVP in 2D")
     (tmp_path / "notebooks" / "results").mkdir()

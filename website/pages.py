@@ -75,6 +75,21 @@ HEADLINES: dict[str, list[Headline]] = {
             ),
         ),
     ],
+    "08_autoregressive_spline_flows": [
+        Headline(
+            "spline flow's gap to the data, eight Gaussians",
+            "nats",
+            result="spline_eight_gaussians_gap",
+        ),
+        Headline("MAF, two moons", "nats", result="maf_moons_gap"),
+    ],
+    "09_continuous_flows": [
+        Headline("flow matching's gap to the data", "nats", result="fm_gap"),
+        Headline("maximum-likelihood CNF in the same time", "nats", result="ml_gap"),
+    ],
+    "10_flow_matching_digits": [
+        Headline("flow matching on 8x8 digits", "bits/dim", result="fm_bits_per_dim"),
+    ],
     "07_vae_flow_posterior": [
         Headline(
             "test ELBO, diagonal posterior",
@@ -230,6 +245,12 @@ def binder_url(path: str) -> str:
     return f"https://mybinder.org/v2/gh/{gh}/{BRANCH}?urlpath=lab/tree/{path}"
 
 
+def _total(seconds: float, known: int, lessons: int) -> str:
+    if known == lessons:
+        return f"{seconds:.0f} s"
+    return f"{seconds:.0f} s for {known} of {lessons} lessons" if known else "—"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -244,16 +265,19 @@ def landing_page(
     machine = _machine(root, "runtime")
     rows = []
     total_budget = total_cpu = 0.0
+    n_budget = n_cpu = 0
     for nb in lessons:
         b = budget.get(nb.number)
         c = cpu.get(nb.path.as_posix())
-        total_budget += b or 0.0
-        total_cpu += c or 0.0
+        total_budget, n_budget = total_budget + (b or 0.0), n_budget + (b is not None)
+        total_cpu, n_cpu = total_cpu + (c or 0.0), n_cpu + (c is not None)
         rows.append(
             f"| [{_cell(nb.short_title)}]({nb.path.as_posix()}) "
             f"| {f'{b:.0f} s' if b else '—'} | {f'{c:.0f} s' if c is not None else '—'} "
             f"| {_cell(headline_text(root, nb.stem, problems)) or '—'} |"
         )
+    n = len(lessons)
+    totals = f"{_total(total_budget, n_budget, n)} | {_total(total_cpu, n_cpu, n)}"
     when = ""
     if machine:
         when = (
@@ -284,7 +308,7 @@ the notebooks' own recorded results and from the benchmarks over seeds
 | lesson | budget | measured | headline numbers |
 |---|---|---|---|
 {chr(10).join(rows)}
-| **the whole course** | {total_budget:.0f} s | {total_cpu:.0f} s | |
+| **the whole course** | {totals} | |
 
 After the lessons: [{len(exercises)} graded assignments](assignments.md) (the student
 versions; each follows the lesson with its number) and [the benchmarks](benchmarks/summary.md)
