@@ -62,8 +62,8 @@ def require(ok: bool, why: str) -> None:
     """Skip with ``why`` on a learner's machine; fail under CI=true, where nothing may skip."""
     if not ok:
         if CI:
-            pytest.fail(f"{why} (CI=true: the browser test must run, not skip)")
-        pytest.skip(why)
+            pytest.fail(f"{why} (CI=true: the site's browser test must run, not skip)")
+        pytest.skip(f"{why}: the site's browser test is skipped")
 
 
 def require_site() -> None:
@@ -106,7 +106,7 @@ def browser(tmp_path_factory):
     require(
         chromium is not None and driver is not None,
         "Chromium and its driver are not installed (Debian/Ubuntu: "
-        "sudo apt-get install chromium chromium-driver); the browser test of the site is skipped",
+        "sudo apt-get install chromium chromium-driver)",
     )
     try:
         from selenium import webdriver
@@ -225,8 +225,12 @@ ready.then(mathjax => {
     untypeset: math.filter(e => !e.querySelector(':scope > mjx-container > mjx-math') ||
         Array.from(e.querySelectorAll('mjx-lazy')).some(l => !l.closest('mjx-assistive-mml')))
         .map(e => e.textContent.slice(0, 80)),
+    // TeX errors, and undefined macros (MathJax typesets those as red text).
     mathErrors: Array.from(document.querySelectorAll('mjx-merror'))
-        .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120)),
+        .map(e => (e.getAttribute('data-mjx-error') || e.textContent).slice(0, 120))
+        .concat(Array.from(document.querySelectorAll('mjx-math mjx-mtext[style*="color: red"]'))
+        .map(e => 'an undefined macro in: ' +
+             (e.closest('p, li, td, div.math') || e).textContent.slice(0, 80))),
     typeset: document.querySelectorAll('mjx-container mjx-math').length,
     text: text,
     links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
