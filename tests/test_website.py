@@ -76,6 +76,11 @@ def test_stage_copies_the_notebooks_unchanged_and_drops_stale_pages(course, tmp_
     assert "(notebooks/01_first.ipynb)" in (src / "assignments.md").read_text()
 
 
+def test_a_course_without_benchmark_results_still_has_the_page(course, tmp_path):
+    build.stage(tmp_path / "src", course)
+    assert "make bench" in (tmp_path / "src" / "benchmarks" / "summary.md").read_text()
+
+
 def test_the_book_executes_nothing_and_fetches_nothing():
     config = build.book_config()
     assert config["execute"]["execute_notebooks"] == "off"

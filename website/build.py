@@ -166,6 +166,9 @@ def stage(src: Path, root: Path = ROOT) -> list[str]:
             if path.suffix == ".md":  # wide tables: give them the page's full width
                 data = WIDE_PAGE + data
             files[Path("benchmarks") / path.name] = data
+    files.setdefault(
+        Path("benchmarks/summary.md"), b"# Benchmarks\n\nNo results yet: run `make bench`.\n"
+    )
     for path in sorted((HERE / "static").glob("*")):
         files[Path("_static") / path.name] = path.read_bytes()
     # conf.py is generated from _config.yml below; keep it.

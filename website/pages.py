@@ -201,9 +201,11 @@ def headline_text(root: Path, stem: str, problems: list[str]) -> str:
             values = bench_values(root, h.bench)
             if len(values) >= 2:
                 mean, sd = statistics.fmean(values), statistics.stdev(values)
-                text = (
-                    f"{fmt(mean, h.digits)} ± {fmt(sd, h.digits)} {h.unit} over {len(values)} seeds"
-                )
+                if fmt(sd, h.digits) == fmt(0.0, h.digits):  # a baseline no seed changes
+                    text = f"{fmt(mean, h.digits)} {h.unit} on each of {len(values)} seeds"
+                else:
+                    spread = f"{fmt(mean, h.digits)} ± {fmt(sd, h.digits)} {h.unit}"
+                    text = f"{spread} over {len(values)} seeds"
                 shown.append(f"({text})" if shown else text)
             elif len(values) == 1:
                 shown.append(f"{fmt(values[0], h.digits)} {h.unit}" + (" (bench)" if shown else ""))
