@@ -217,7 +217,7 @@ def build(out: Path = OUT, *, strict: bool = True, clean: bool = False) -> Path:
     for source_map in (html / "_static").rglob("*.js.map"):  # the theme's, for its developers
         source_map.unlink()
     wall, cpu = time.perf_counter() - start, _cpu() - cpu0
-    n_pages = sum(1 for _ in html.rglob("*.html"))
+    n_pages = sum(1 for p in html.rglob("*.html") if p.relative_to(html).parts[0] != "_static")
     lessons, exercises = discover()
     print(
         f"site: {html.relative_to(ROOT) if html.is_relative_to(ROOT) else html} — "
