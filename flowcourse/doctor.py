@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+import re
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +42,60 @@ def _pins() -> dict[str, str]:
     return pins
 
 
+# Distributions that a CUDA build of torch brings with it (PyPI's default on Linux).
+_GPU_DISTS = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
+
+
+def dist_size(dist: metadata.Distribution) -> int:
+    """Bytes on disk of the files ``dist`` installed (from its RECORD)."""
+    total = 0
+    for file in dist.files or []:
+        try:
+            total += Path(dist.locate_file(file)).stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def torch_build(cuda: str | None, hip: str | None = None) -> str:
+    """'CPU', 'CUDA 12.6' or 'ROCm 6.2', from ``torch.version.cuda`` / ``torch.version.hip``."""
+    if cuda:
+        return f"CUDA {cuda}"
+    if hip:
+        return f"ROCm {hip}"
+    return "CPU"
+
+
+def torch_footprint() -> tuple[int, int]:
+    """Bytes on disk of torch, and of the GPU libraries installed beside it (0 for a CPU build)."""
+    torch_bytes = gpu_bytes = 0
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower()
+        if name == "torch":
+            torch_bytes += dist_size(dist)
+        elif _GPU_DISTS.match(name):
+            gpu_bytes += dist_size(dist)
+    return torch_bytes, gpu_bytes
+
+
+def _torch_lines() -> tuple[list[str], list[str]]:
+    import torch
+
+    build = torch_build(torch.version.cuda, getattr(torch.version, "hip", None))
+    torch_bytes, gpu_bytes = torch_footprint()
+    size = f"{torch_bytes / 1e9:.2f} GB on disk"
+    if gpu_bytes:
+        size += f", and {gpu_bytes / 1e9:.2f} GB of GPU libraries beside it"
+    info = [f"torch build {build} ({torch.__version__}), {size}"]
+    notes = []
+    if build != "CPU":
+        notes.append(
+            f"torch is the {build} build: the course runs on the CPU and needs only the CPU build "
+            "(about 0.2 GB to download). On Linux: make clean && make venv TORCH_INDEX=cpu"
+        )
+    return info, notes
+
+
 def diagnose() -> tuple[list[str], list[str], list[str]]:
     """Return (info lines, warnings, errors) about the environment."""
     info, warnings, errors = [], [], []
@@ -72,6 +127,9 @@ def diagnose() -> tuple[list[str], list[str], list[str]]:
         import torch
 
         info.append(f"threads     {torch.get_num_threads()} torch thread(s) (setup() sets 1)")
+        build_info, build_notes = _torch_lines()
+        info += build_info
+        warnings += build_notes
         device = "cuda available (the course uses the CPU)" if torch.cuda.is_available() else "cpu"
         info.append(f"device      {device}")
     except Exception:

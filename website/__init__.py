@@ -1,0 +1,1 @@
+"""The course website: Jupyter Book 1 over the stored notebooks (``python -m website``)."""
