@@ -22,9 +22,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from flowcourse import sandbox
+from flowcourse import continuous, sandbox
 from flowcourse.assignments import ASSIGNMENTS, TASKS
-from flowcourse.assignments.kernel import NOT_IMPLEMENTED
+from flowcourse.assignments.core import judge, make_inputs
+from flowcourse.assignments.kernel import NOT_IMPLEMENTED, log_standard_normal, probe
 from flowcourse.grading import Limits, format_table, grade_paths, main, merge
 from flowcourse.release import release_notebook
 
@@ -140,6 +141,21 @@ PLANTED: dict[str, list[list[tuple[str, str, str, str]]]] = {
             ("fit_flow_posterior", "n_layers=16", "n_layers=0", "close at least"),
         ]
     ],
+    "09_continuous_flows": [
+        [
+            ("exact_divergence", "for i in range(x.shape[1]):", "for i in range(1):",
+             "only d v_0/d x_0"),
+            ("rk4_step", "log_det = log_det + h / 6 *", "log_det = h / 6 *",
+             "overwritten instead of accumulated"),
+            ("ode_log_prob", "h = -1.0 / steps", "h = 1.0 / steps", "wrong time direction"),
+            ("ode_log_prob", "1.0 + k * h, h", "k * h, h", "wrong time direction"),
+            ("flow_matching_loss", "- (x1 - x0)) ** 2", "- (x0 - x1)) ** 2",
+             "wrong time direction"),
+            ("hutchinson_divergence", "        row = torch.autograd.grad(",
+             "        probe = torch.randn_like(x)\n        row = torch.autograd.grad(",
+             "not the one for the probe passed in"),
+        ]
+    ],
 }  # fmt: skip
 
 
@@ -197,6 +213,72 @@ def test_released_exercise_gets_zero_with_not_implemented_yet(tmp_path):
     zero = _graded(tmp_path / "in")["exercise.ipynb"]
     assert zero.points == 0 and zero.max_points == 12, format_table(zero)
     assert all(NOT_IMPLEMENTED in v.message for v in zero.verdicts), format_table(zero)
+
+
+# --- assignment 09: its judges name the solver mistakes planted against the package -----------
+
+try:  # tests/planted_continuous.py: the deliberately broken pieces of a continuous flow
+    import planted_continuous
+except ImportError:  # run as a package (pytest --import-mode=importlib)
+    from tests import planted_continuous
+
+
+def _judged_in_process(name: str, function, seed: int):
+    """The verdict for ``function`` as task ``name``, probed in this process as the check
+    cells do (the kernel and sandbox around it are tested above)."""
+    task = TASKS[name]
+    inputs = make_inputs(task, seed)
+    references = {dep: TASKS[dep].reference for dep in task.depends}
+    payload = probe(task.spec(), inputs, {}, obj=function, references=references)
+    return judge(task, inputs, json.loads(json.dumps(payload)))
+
+
+def _log_prob_with(integrate, step=continuous.rk4_step):
+    """``ode_log_prob`` built on an ``integrate(field, x, t0, t1, steps, step=)``."""
+
+    def ode_log_prob(field, x, steps):
+        z, log_det = integrate(field, x, 1.0, 0.0, steps, step=step)
+        return log_standard_normal(z) + log_det
+
+    return ode_log_prob
+
+
+SOLVER_MISTAKES = [
+    ("exact_divergence", planted_continuous.exact_divergence_first_only, "only d v_0/d x_0"),
+    ("rk4_step", planted_continuous.rk4_step_overwrites, "overwritten instead of accumulated"),
+    ("rk4_step", planted_continuous.rk4_step_no_dt, "Δt missing"),
+    ("ode_log_prob", _log_prob_with(planted_continuous.integrate_forward_in_time),
+     "wrong time direction"),
+    ("ode_log_prob", _log_prob_with(continuous.integrate, planted_continuous.rk4_step_overwrites),
+     "overwritten instead of accumulated"),
+    ("hutchinson_divergence", planted_continuous.hutchinson_ones, "that is J^T 1"),
+    ("hutchinson_divergence", planted_continuous.hutchinson_fresh_probe,
+     "not the one for the probe passed in"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "function", "fragment"), SOLVER_MISTAKES,
+                         ids=[f"{m[0]}-{m[1].__name__}" for m in SOLVER_MISTAKES])  # fmt: skip
+def test_09_judges_name_the_mistakes_planted_in_the_package(name, function, fragment):
+    for seed in (SEED, 1, 2):
+        verdict = _judged_in_process(name, function, seed)
+        assert verdict.points == 0 and fragment in verdict.message, verdict.message
+
+
+def test_09_the_package_pieces_pass_its_judges():
+    pieces = {
+        "exact_divergence": continuous.exact_divergence,
+        "rk4_step": continuous.rk4_step,
+        "ode_log_prob": _log_prob_with(continuous.integrate),
+        "flow_matching_loss": lambda field, x0, x1, t: continuous.flow_matching_loss(
+            field, x1, x0, t
+        ),
+        "hutchinson_divergence": continuous.hutchinson_divergence,
+    }
+    assert set(pieces) == {t.name for t in ASSIGNMENTS["09_continuous_flows"].tasks}
+    for name, function in pieces.items():
+        verdict = _judged_in_process(name, function, SEED)
+        assert verdict.passed, verdict
 
 
 # --- broken and malformed files: each gets its row, the batch goes on --------------------------

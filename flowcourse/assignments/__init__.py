@@ -15,6 +15,7 @@ from __future__ import annotations
 from flowcourse.assignments import (
     affine_flow,
     change_of_variables,
+    continuous_flows,
     coupling_layers,
     dequantization,
     flow_elbo,
@@ -33,6 +34,7 @@ ASSIGNMENTS: dict[str, Assignment] = {
         coupling_layers,
         dequantization,
         flow_elbo,
+        continuous_flows,
     )
 }
 TASKS: dict[str, Task] = {task.name: task for a in ASSIGNMENTS.values() for task in a.tasks}

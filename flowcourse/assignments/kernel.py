@@ -119,6 +119,45 @@ class Banana:
         return self.log_joint(z) - log_standard_normal(z)
 
 
+def _times(t, x) -> torch.Tensor:
+    """A time as a column that broadcasts over x's rows: a number, (), (n,) or (n, 1)."""
+    t = torch.as_tensor(t, dtype=x.dtype)
+    return t[:, None] if t.ndim == 1 else t
+
+
+class TanhField:
+    """A time-dependent velocity field ``v(x, t) = x (A + t B)^T + c * tanh(x W^T + b + t e)``.
+
+    ``x: (n, D)``; ``t`` a number or one time per row, ``(n,)``. It is smooth, so autograd
+    gives its Jacobian, and its divergence is known in closed form to the grader."""
+
+    def __init__(self, spec: dict, dtype=None) -> None:
+        self.A, self.B, self.W = (tensor(spec[k], dtype) for k in ("A", "B", "W"))
+        self.b, self.e, self.c = (tensor(spec[k], dtype) for k in ("b", "e", "c"))
+
+    def __call__(self, x, t):
+        t = _times(t, x)
+        return (
+            x @ self.A.T
+            + t * (x @ self.B.T)
+            + self.c * torch.tanh(x @ self.W.T + self.b + t * self.e)
+        )
+
+
+class FieldDynamics:
+    """``dynamics(x, t) -> (v, div v)`` for a :class:`TanhField`, the divergence in closed form:
+    ``tr A + t tr B + sum_i c_i W_ii (1 - tanh^2)``; ``(n, D) -> ((n, D), (n,))``."""
+
+    def __init__(self, spec: dict, dtype=None) -> None:
+        self.field = TanhField(spec, dtype)
+
+    def __call__(self, x, t):
+        f, tt = self.field, _times(t, x)
+        slope = 1 - torch.tanh(x @ f.W.T + f.b + tt * f.e) ** 2
+        div = torch.trace(f.A) + tt.reshape(-1) * torch.trace(f.B)
+        return f(x, t), div + (slope * f.c * torch.diagonal(f.W)).sum(-1)
+
+
 def _layers(spec, dtype):
     return [tuple(tensor(p, dtype) for p in layer) for layer in spec]
 
@@ -136,6 +175,8 @@ BUILDERS = {
     "diagonal_gaussian": lambda v, dt: DiagonalGaussian(v, dt),
     "gaussian_likelihood": lambda v, dt: GaussianLikelihood(v, dt),
     "banana": lambda v, dt: Banana({k: x for k, x in v.items() if k != "log_evidence"}, dt),
+    "tanh_field": lambda v, dt: TanhField(v, dt),
+    "field_dynamics": lambda v, dt: FieldDynamics(v, dt),
 }
 
 
@@ -280,4 +321,12 @@ def kernel_probe(spec_json: str, inputs_json: str, references_source: str, names
     display({PROBE_MIME: text}, raw=True)
 
 
-INSTRUMENTS = ("TanhMap", "Conditioner", "DiagonalGaussian", "GaussianLikelihood", "Banana")
+INSTRUMENTS = (
+    "TanhMap",
+    "Conditioner",
+    "DiagonalGaussian",
+    "GaussianLikelihood",
+    "Banana",
+    "TanhField",
+    "FieldDynamics",
+)
