@@ -60,7 +60,9 @@ if _notebook_tqdm is not None:
             self._stored = True
             from tqdm.std import tqdm as text_tqdm
 
-            state = {**self.format_dict, "ncols": 90}
+            # No ncols: a fixed width would cut a long description's line short, losing the
+            # final loss and the closing bracket that tests/nbval_sanitize.cfg matches.
+            state = {**self.format_dict, "ncols": None}
             self._handle.update({"text/plain": text_tqdm.format_meter(**state)}, raw=True)
 
 

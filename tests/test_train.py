@@ -313,9 +313,21 @@ def test_a_stored_notebook_keeps_the_bar_in_its_final_state(tmp_path):
 
     nb = nbformat.v4.new_notebook()
     code = "from flowcourse.train import progress_bar\nbar = progress_bar(7, 'demo')\n"
-    nb.cells = [nbformat.v4.new_code_cell(code + "bar.update(7)\nbar.close()\nbar.close()")]
+    long = "a long description (stopped early at step 1200)"
+    nb.cells = [
+        nbformat.v4.new_code_cell(code + "bar.update(7)\nbar.close()\nbar.close()"),
+        # A long description and postfix keep the whole line: the final loss stays readable
+        # and nbval's sanitize pattern still recognises the bar.
+        nbformat.v4.new_code_cell(
+            f"bar = progress_bar(4000, {long!r})\nbar.set_postfix(loss='17.8450', val='19.5035')\n"
+            "bar.update(1120)\nbar.close()"
+        ),
+    ]
     run(nb, tmp_path, timeout=120)
     (output,) = nb.cells[0].outputs
     assert list(output["data"]) == ["text/plain"], output  # no widget left behind
     text = output["data"]["text/plain"]
     assert text.startswith("demo: 100%|") and "7/7 [" in text, text
+    (output,) = nb.cells[1].outputs
+    text = output["data"]["text/plain"]
+    assert text.startswith(long) and text.endswith("loss=17.8450, val=19.5035]"), text
