@@ -30,13 +30,14 @@ from benchmarks.common import (
     record_machine,
 )
 
-PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "testsuite"]
+PARTS = ["runtime", "realnvp", "nb04", "nb05", "vae", "vae_gap", "testsuite"]
 TITLES = {
     "runtime": "1. Course run time",
     "realnvp": "2. RealNVP: the course against zuko and normflows",
     "nb04": "2b. Notebook 04 over seeds",
     "nb05": "2c. Notebook 05 over seeds",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
+    "vae_gap": "3b. The VAE's gap decomposed (notebook 07) over seeds",
     "testsuite": "4. Test suite from a fresh clone",
 }
 
@@ -131,7 +132,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="seeds for realnvp, nb04, nb05 and vae",
+        help="seeds for realnvp, nb04, nb05, vae and vae_gap",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(
