@@ -37,6 +37,7 @@ PARTS = [
     "nb05",
     "splines",
     "vae",
+    "vae_gap",
     "flowmatching",
     "nb09",
     "nb10",
@@ -50,9 +51,10 @@ TITLES = {
     "nb05": "2c. Notebook 05 over seeds",
     "splines": "2d. Notebook 08: spline flows, MAF and RealNVP over seeds; zuko's NSF",
     "vae": "3. VAE posteriors (notebook 07) over seeds",
-    "flowmatching": "3b. Flow matching on two moons and eight Gaussians over seeds",
-    "nb09": "3c. Notebook 09 over seeds",
-    "nb10": "3d. Notebook 10 over seeds",
+    "vae_gap": "3b. The VAE's gap decomposed (notebook 07) over seeds",
+    "flowmatching": "3c. Flow matching on two moons and eight Gaussians over seeds",
+    "nb09": "3d. Notebook 09 over seeds",
+    "nb10": "3e. Notebook 10 over seeds",
     "grading": "4. Grading the solutions with fresh grader seeds",
     "testsuite": "5. Test suite from a fresh clone",
 }
@@ -154,7 +156,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         nargs="+",
         default=[0, 1, 2],
-        help="seeds for realnvp, nb04, nb05, splines, vae, flowmatching, nb09 and nb10",
+        help="seeds for realnvp, nb04, nb05, splines, vae, vae_gap, flowmatching, nb09, nb10",
     )
     p.add_argument("--steps", type=int, default=2000, help="training steps (realnvp part)")
     p.add_argument(

@@ -97,6 +97,11 @@ def test_sanitize_file_parses_to_every_pattern_it_declares():
             "fit (stopped early at step 90): 30%|###   | 90/300 [00:01<00:02, 9it/s, loss=1.2]",
             "[progress bar]",
         ),
+        (
+            "diagonal (stopped early at step 1200):  28%|██▊       | 1120/4000 "
+            "[00:41<01:45, 27.18it/s, loss=17.8450, val=19.5035]",
+            "[progress bar]",
+        ),
         ("elapsed [00:03<00:00,  5.9it/s]", "elapsed [TIME]"),
         ("trained in 12.3 s (wall)", "trained in SECONDS (wall)"),
     ],
