@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowcourse.autoregressive import AffineAutoregressive
 from flowcourse.bijections import planar, planar_inverse
 
 __all__ = [
@@ -45,7 +46,6 @@ __all__ = [
     "PosteriorSample",
     "DiagonalPosterior",
     "PlanarPosterior",
-    "IAFLayer",
     "IAFPosterior",
     "VAE",
     "gaussian_kl",
@@ -264,90 +264,6 @@ class PlanarPosterior(DiagonalPosterior):
         return super().log_prob(z, h) + log_det
 
 
-class _MaskedLinear(nn.Linear):
-    """``nn.Linear`` whose weight is multiplied by a fixed 0/1 ``mask: (out, in)``."""
-
-    def __init__(self, mask: Tensor) -> None:
-        super().__init__(mask.shape[1], mask.shape[0])
-        self.register_buffer("mask", mask.to(self.weight.dtype))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
-
-
-class IAFLayer(nn.Module):
-    """One inverse autoregressive step (Kingma et al. 2016) with context ``c``.
-
-    ``m, s = MADE(z, c)`` where output ``i`` depends only on the entries of ``z`` that come
-    before ``i`` in ``order`` (and on ``c``), then, with ``sigma = sigmoid(s + forget_bias)``,
-
-        z_new = sigma * z + (1 - sigma) * m,    log|det J| = sum_i log sigma_i.
-
-    The Jacobian is triangular in ``order`` with diagonal ``sigma``. The gated form keeps
-    every scale in (0, 1), and ``forget_bias`` > 0 starts the layer near the identity.
-
-    ``z: (..., batch, latent)``, ``c: (batch, context)`` -> ``(z_new, log_det: (..., batch))``.
-    ``order``: a permutation of ``range(latent)``; default ``0, 1, ..., latent - 1``.
-    """
-
-    def __init__(
-        self,
-        latent_dim: int,
-        context_dim: int,
-        hidden: int = 32,
-        order: Tensor | None = None,
-        forget_bias: float = 1.5,
-    ) -> None:
-        super().__init__()
-        d = self.latent_dim = _check_int(latent_dim, "latent_dim")
-        self.context_dim = _check_int(context_dim, "context_dim")
-        hidden = _check_int(hidden, "hidden")
-        order = torch.arange(d) if order is None else torch.as_tensor(order).long()
-        if not torch.equal(order.sort().values, torch.arange(d)):
-            raise ValueError(f"order must be a permutation of 0..{d - 1}, got {order.tolist()}")
-        self.register_buffer("order", order)
-        self.forget_bias = float(forget_bias)
-        # MADE degrees: input i has degree rank(i) + 1 in 1..d; hidden units cycle through
-        # 0..d-1 (degree 0 units see only the context); output i may use hidden units of
-        # smaller degree than its input's, so it never sees z_i or anything after it.
-        rank = torch.empty(d, dtype=torch.long)
-        rank[order] = torch.arange(d)
-        in_degree = rank + 1
-        hid_degree = torch.arange(hidden) % d
-        self.inp = _MaskedLinear((hid_degree[:, None] >= in_degree[None, :]).float())
-        self.ctx = nn.Linear(self.context_dim, hidden)
-        out_mask = (in_degree[:, None] > hid_degree[None, :]).float()
-        self.out = _MaskedLinear(torch.cat([out_mask, out_mask]))  # rows: m then s
-
-    def extra_repr(self) -> str:
-        return f"order={self.order.tolist()}, forget_bias={self.forget_bias}"
-
-    def shift_and_gate(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """``(m, pre-sigmoid s + forget_bias)``, each shaped like ``z``."""
-        a = torch.tanh(self.inp(z) + self.ctx(c))
-        m, s = self.out(a).chunk(2, dim=-1)
-        return m, s + self.forget_bias
-
-    def forward(self, z: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        m, s = self.shift_and_gate(z, c)
-        sigma = torch.sigmoid(s)
-        return sigma * z + (1 - sigma) * m, F.logsigmoid(s).sum(-1)
-
-    def inverse(self, y: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-        """Solve ``forward(z) = y`` in ``latent`` sequential passes; ``(z, log_det of inverse)``.
-
-        After pass ``t`` the first ``t`` entries in ``order`` are exact, because output ``i``
-        only reads earlier entries. Sampling never needs this; only plots of q(z|x) do.
-        """
-        z = y
-        for _ in range(self.latent_dim):
-            m, s = self.shift_and_gate(z, c)
-            sigma = torch.sigmoid(s)
-            z = (y - (1 - sigma) * m) / sigma
-        m, s = self.shift_and_gate(z, c)
-        return z, -F.logsigmoid(s).sum(-1)
-
-
 class IAFPosterior(DiagonalPosterior):
     """The diagonal Gaussian pushed through ``K`` IAF layers that read the features ``h``.
 
@@ -360,12 +276,20 @@ class IAFPosterior(DiagonalPosterior):
         super().__init__(hidden, latent_dim)
         self.n_layers = _check_int(n_layers, "n_layers", low=0)
         forward_order = torch.arange(self.latent_dim)
+        # The IAF paper's step (Kingma et al. 2016): a MADE reading z and the features h gives a
+        # shift m and a gate sigma = sigmoid(s + forget_bias); z_new = sigma z + (1 - sigma) m.
         self.layers = nn.ModuleList(
-            IAFLayer(
+            AffineAutoregressive(
                 self.latent_dim,
-                self.hidden,
                 made_hidden,
+                depth=1,
+                context_dim=self.hidden,
                 order=forward_order if k % 2 == 0 else forward_order.flip(0),
+                fast="sampling",
+                scale="gate",
+                forget_bias=1.5,
+                activation=nn.Tanh,
+                zero_init=False,
             )
             for k in range(self.n_layers)
         )
@@ -373,7 +297,7 @@ class IAFPosterior(DiagonalPosterior):
     def transform(self, z0: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         z, log_det = z0, z0.new_zeros(z0.shape[:-1])
         for layer in self.layers:
-            z, step = layer(z, h)
+            z, step = layer(z, context=h)
             log_det = log_det + step
         return z, log_det
 
@@ -382,7 +306,7 @@ class IAFPosterior(DiagonalPosterior):
         _check_batch(z, self.latent_dim, "z", "latent points")
         log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
         for layer in reversed(self.layers):
-            z, step = layer.inverse(z, h)
+            z, step = layer.inverse(z, context=h)
             log_det = log_det + step
         return super().log_prob(z, h) + log_det
 
