@@ -19,6 +19,7 @@ from flowcourse.assignments import (
     dequantization,
     flow_elbo,
     planar_flow,
+    spline_flows,
 )
 from flowcourse.assignments.core import Assignment, Task, Verdict
 
@@ -33,6 +34,7 @@ ASSIGNMENTS: dict[str, Assignment] = {
         coupling_layers,
         dequantization,
         flow_elbo,
+        spline_flows,
     )
 }
 TASKS: dict[str, Task] = {task.name: task for a in ASSIGNMENTS.values() for task in a.tasks}
