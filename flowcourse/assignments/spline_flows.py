@@ -449,14 +449,15 @@ def _spline_with(x, knots, bound, swap=False):
     return torch.where(inside, y, x), torch.where(inside, slope.log(), 0.0)
 
 
-def _quadratic(y, knots, bound):
-    """Per element of ``y``: ``x0, w, a, b, c`` of the quadratic in its bin (float64)."""
+def _quadratic(y, knots, bound, edges: int = 1):
+    """Per element of ``y`` (float64): ``x0, w, a, b, c`` of the quadratic in its bin, found
+    among ``knots[edges]`` (1: the y knots; 0, the x knots, is a mistake), and ``s, d0, d1``."""
     v = y.clamp(-bound, bound)
-    x0, x1, y0, y1, d0, d1 = _bins(v, knots, 1)
+    x0, x1, y0, y1, d0, d1 = _bins(v, knots, edges)
     h, w = y1 - y0, x1 - x0
     s, dy = h / w, v - y0
     curve = d0 + d1 - 2 * s
-    return x0, w, h * (s - d0) + dy * curve, h * d0 - dy * curve, -s * dy
+    return x0, w, h * (s - d0) + dy * curve, h * d0 - dy * curve, -s * dy, s, d0, d1
 
 
 def _tolerances(v, knots, bound, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -641,7 +642,7 @@ def _judge_inverse(case, value):
     log_det = expect_tensor(log_det, tuple(ld_ref.shape), "log_det", log_det=True)
     _tails(case, "y", x, log_det, "x")
     knots = rq_knots(*params, bound)
-    x0, w, a, b, c = _quadratic(y_in, knots, bound)
+    x0, w, a, b, c, *_ = _quadratic(y_in, knots, bound)
     inside = y_in.abs() <= bound
     straight = a.abs() <= 1e-3 * (b.abs() + c.abs())
     textbook = (
@@ -654,7 +655,7 @@ def _judge_inverse(case, value):
         i = int(nan.nonzero()[0][0])
         if bool(straight[nan].float().mean() >= 0.5):
             raise Fail(f"x is NaN at sample {i} (y = {y_in[i].item():.4g}): {textbook}")
-        if bool(_quadratic_by_x_knots(y_in, knots, bound, clamp=False)[nan].isnan().all()):
+        if bool(_inverse_with(y_in, knots, bound, edges=0, clamp=False)[0][nan].isnan().all()):
             raise Fail(
                 f"x is NaN at sample {i} (y = {y_in[i].item():.4g}): b^2 - 4ac < 0 because the "
                 "bin was looked up among the x knots; find the bin of y among the y knots (yk)"
@@ -664,7 +665,7 @@ def _judge_inverse(case, value):
             "of a negative number, or a division by 0?"
         )
     variants = [(_inverse_with(y_in, k, bound), m) for k, m in _knot_variants(*params, bound)]
-    bugs = [(_quadratic_by_x_knots(y_in, knots, bound), "find the bin of y among the y knots "
+    bugs = [(_inverse_with(y_in, knots, bound, edges=0)[0], "find the bin of y among the y knots "
              "(yk), not the x knots")] + [(v[0], message) for v, message in variants]  # fmt: skip
     tol_x, tol_ld = _tolerances(y_in, knots, bound, inverse=True)
     bugs = _distinct(bugs, x_ref, tol_x)
@@ -713,39 +714,23 @@ def _judge_inverse(case, value):
     return (x - x_ref).abs().max().item()
 
 
-def _inverse_with(y, knots, bound, noise=None):
-    """The inverse spline from given knots (float64), for the knot mistakes. ``noise: (n,)``
-    (zeros) stands for the rounding of the root's denominator, for :func:`_tolerances`."""
-    v = y.clamp(-bound, bound)
-    x0, x1, y0, y1, d0, d1 = _bins(v, knots, 1)
-    h, w = y1 - y0, x1 - x0
-    s, dy = h / w, v - y0
-    curve = d0 + d1 - 2 * s
-    a, b, c = h * (s - d0) + dy * curve, h * d0 - dy * curve, -s * dy
-    root = (b**2 - 4 * a * c).clamp_min(0).sqrt()
+def _inverse_with(y, knots, bound, noise=None, edges: int = 1, clamp: bool = True):
+    """The inverse spline from given knots (float64), for the known mistakes: ``edges=0``
+    looks the bin of y up among the x knots; ``clamp=False`` leaves b^2 - 4ac unclamped (NaN
+    where it is negative). ``noise: (n,)`` (zeros) stands for the rounding of the root's
+    denominator, for :func:`_tolerances`."""
+    x0, w, a, b, c, s, d0, d1 = _quadratic(y, knots, bound, edges)
+    discriminant = b**2 - 4 * a * c
+    root = (discriminant.clamp_min(0) if clamp else discriminant).sqrt()
     denominator = -b - root  # digits cancel where b < 0 (a bin far steeper at one end)
     if noise is not None:
         denominator = denominator + noise * (b.abs() + root).detach()
     xi = 2 * c / denominator
     between = xi * (1 - xi)
+    curve = d0 + d1 - 2 * s
     slope = s**2 * (d1 * xi**2 + 2 * s * between + d0 * (1 - xi) ** 2) / (s + curve * between) ** 2
     inside = (y >= -bound) & (y <= bound)
     return torch.where(inside, x0 + xi * w, y), torch.where(inside, -slope.log(), 0.0)
-
-
-def _quadratic_by_x_knots(y, knots, bound, clamp=True):
-    """x when the bin of y is looked up among the x knots (a mistake), float64; ``clamp``:
-    b^2 - 4ac clamped at 0 (else NaN where it is negative)."""
-    v = y.clamp(-bound, bound)
-    x0, x1, y0, y1, d0, d1 = _bins(v, knots, 0)
-    h, s = y1 - y0, (y1 - y0) / (x1 - x0)
-    dy = v - y0
-    curve = d0 + d1 - 2 * s
-    a, b, c = h * (s - d0) + dy * curve, h * d0 - dy * curve, -s * dy
-    disc = b**2 - 4 * a * c
-    xi = 2 * c / (-b - (disc.clamp_min(0) if clamp else disc).sqrt())
-    inside = (y >= -bound) & (y <= bound)
-    return torch.where(inside, x0 + xi * (x1 - x0), y)
 
 
 def _plot_spline(obj, cases, values):
