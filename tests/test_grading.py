@@ -141,6 +141,27 @@ PLANTED: dict[str, list[list[tuple[str, str, str, str]]]] = {
             ("fit_flow_posterior", "n_layers=16", "n_layers=0", "close at least"),
         ]
     ],
+    "08_spline_flows": [
+        [
+            ("made_masks", "(in_degrees[:, None] > below[None, :])",
+             "(in_degrees[:, None] >= below[None, :])", "sees x_i itself"),
+            ("rq_knots", "torch.softmax(raw, dim=-1)",
+             "torch.softmax(torch.softmax(raw, dim=-1), dim=-1)", "a softmax of a softmax"),
+            ("rq_spline", "v = x.clamp(-bound, bound)", "v = x", "NaN gradients in the tails"),
+            ("rq_spline_inverse", "xi = 2 * c / (-b - torch.sqrt(b**2 - 4 * a * c))",
+             "xi = (-b - torch.sqrt(b**2 - 4 * a * c)) / (2 * a)", "the other root"),
+        ],
+        [
+            ("made_masks", "masks.append((degrees[:, None] >= below[None, :]).float())",
+             "masks.append(degrees[:, None] >= below[None, :])", "dtype bool"),
+            ("rq_knots", "F.pad(slopes, (1, 1), value=1.0)", "F.pad(slopes, (1, 1))",
+             "boundary derivative other than 1"),
+            ("rq_spline", "return torch.where(inside, y, x)", "return y",
+             "identity in the tails"),
+            ("rq_spline_inverse", "xi = 2 * c / (-b - torch.sqrt(b**2 - 4 * a * c))",
+             "xi = (-b + torch.sqrt(b**2 - 4 * a * c)) / (2 * a)", "divides by a"),
+        ],
+    ],
     "09_continuous_flows": [
         [
             ("exact_divergence", "for i in range(x.shape[1]):", "for i in range(1):",

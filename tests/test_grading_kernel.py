@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import inspect
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,29 @@ def test_every_task_has_its_pieces_in_one_module():
             assert rng_cases and all(isinstance(c, dict) for c in rng_cases)
             for kind, key_ in task.args:
                 assert kind in kernel.BUILDERS and all(key_ in c for c in rng_cases)
+
+
+def test_the_probe_returns_gradients_of_the_summed_result_when_asked():
+    spec = {"name": "f", "args": [["tensor", "x"], ["number", "c"]], "grads": ["x"]}
+    inputs = {"cases": [{"x": [-4.0, 1.0, 4.0], "c": 2.0}]}
+
+    def run(f):
+        return kernel.probe(spec, inputs, {}, obj=f)["cases"][0]
+
+    def good(x, c):  # the tail branch computed on a clamped input
+        inside = x.abs() <= c
+        return torch.where(inside, x.clamp(-c, c).sqrt().nan_to_num(), x), x**2
+
+    def unclamped(x, c):  # sqrt of a negative number, discarded by where: a NaN gradient
+        return torch.where(x.abs() <= c, x.sqrt(), x), x**2
+
+    got = run(good)
+    assert got["grads"]["x"]["data"] == [1 - 8.0, 0.5 + 2.0, 1 + 8.0]
+    assert got["value"]["__tuple__"][0]["data"] == [-4.0, 1.0, 4.0]
+    nan = run(unclamped)["grads"]["x"]["data"]
+    assert math.isnan(nan[0]) and nan[1:] == [0.5 + 2.0, 1 + 8.0]
+    in_place = run(lambda x, c: (x.clamp_(-c, c), x))  # legal on the probe's copy
+    assert in_place["grads"]["x"]["data"] == [0.0, 2.0, 0.0]
+    detached = run(lambda x, c: x.detach() * c)
+    assert "autograd" in detached["grads_error"]["message"]
+    assert kernel.probe({**spec, "grads": []}, inputs, {}, obj=good)["cases"][0].keys() == {"value"}

@@ -20,6 +20,7 @@ from flowcourse.assignments import (
     dequantization,
     flow_elbo,
     planar_flow,
+    spline_flows,
 )
 from flowcourse.assignments.core import Assignment, Task, Verdict
 
@@ -34,6 +35,7 @@ ASSIGNMENTS: dict[str, Assignment] = {
         coupling_layers,
         dequantization,
         flow_elbo,
+        spline_flows,
         continuous_flows,
     )
 }

@@ -27,6 +27,7 @@ __all__ = [
     "Assignment",
     "Verdict",
     "Fail",
+    "Traced",
     "judge",
     "make_inputs",
     "reference_value",
@@ -52,7 +53,9 @@ class Task:
     ``returns``: ``"value"``, or ``"model"`` for a task that returns a trained model (judged
     from its class, state and log-density, see ``kernel.describe_model``). ``library``:
     names of the package's own functions that compute this task; a submission that calls
-    one is not solving it. ``timeout``: seconds for one probe of the task.
+    one is not solving it. ``timeout``: seconds for one probe of the task. ``grads``: keys of
+    arguments whose gradients of the summed result the probe also returns; the judge then
+    receives a :class:`Traced` value.
     """
 
     name: str
@@ -67,10 +70,12 @@ class Task:
     library: tuple[str, ...] = ()
     timeout: float = 30.0
     plot: Callable | None = None
+    grads: tuple[str, ...] = ()
 
     def spec(self) -> dict:
         """What the kernel-side probe needs to call it: plain data."""
-        return {"name": self.name, "args": [list(a) for a in self.args], "returns": self.returns}
+        spec = {"name": self.name, "args": [list(a) for a in self.args], "returns": self.returns}
+        return spec | ({"grads": list(self.grads)} if self.grads else {})
 
 
 @dataclass(frozen=True)
@@ -199,6 +204,17 @@ class Other:
 
     def __repr__(self) -> str:
         return f"<{self.kind}>"
+
+
+@dataclass
+class Traced:
+    """A returned value with the gradients of its sum (a task with ``grads``): ``grads`` maps
+    an argument's key to its gradient (None: the result does not depend on it), ``error`` is
+    the failure of the backward pass, if any."""
+
+    value: Any
+    grads: dict[str, Any]
+    error: dict | None = None
 
 
 class Unreadable:
@@ -465,8 +481,14 @@ def _judge(task: Task, inputs: dict, payload: Any) -> Verdict:
                 f"raised {error.get('type')}{at} on {where} ({describe(case)}): "
                 f"{error.get('message')}",
             )
+        value = decode(result.get("value"))
+        if task.grads:
+            grads, error = result.get("grads"), result.get("grads_error")
+            if not isinstance(grads, dict):
+                grads, error = {}, error if isinstance(error, dict) else {"message": "no reply"}
+            value = Traced(value, {str(k): decode(v) for k, v in grads.items()}, error)
         try:
-            notes.append(task.judge(case, decode(result.get("value"))))
+            notes.append(task.judge(case, value))
         except Fail as failure:
             return fail(task, f"{failure} (on {where}: {describe(case)})")
     numbers = [n for n in notes if isinstance(n, float)]

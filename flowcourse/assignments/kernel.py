@@ -166,6 +166,7 @@ def _layers(spec, dtype):
 BUILDERS = {
     "tensor": lambda v, dt: tensor(v, dt),
     "long": lambda v, dt: torch.tensor(v, dtype=torch.long),
+    "longs": lambda v, dt: [torch.tensor(x, dtype=torch.long) for x in v],
     "number": lambda v, dt: v,
     "tensors": lambda v, dt: [tensor(x, dt) for x in v],
     "layers": _layers,
@@ -264,7 +265,9 @@ def error_info(error: BaseException) -> dict:
 def probe(spec: dict, inputs: dict, namespace: dict, obj=None, references: dict | None = None):
     """Call the student's ``namespace[spec["name"]]`` (or ``obj``) on every case of ``inputs``.
 
-    ``spec``: ``{"name", "args": [[kind, key], ...], "returns": "value" | "model"}``;
+    ``spec``: ``{"name", "args": [[kind, key], ...], "returns": "value" | "model"}``, and
+    optionally ``"grads": [key, ...]``: arguments whose gradient of the summed result is
+    returned too (``{"value": ..., "grads": {key: ...}}``, to find NaN gradients);
     ``references``: functions put in ``namespace`` under their names while the calls run.
     Returns plain data and never raises: ``{"status": "ok", "cases": [...]}``, each case
     ``{"value": ...}`` or ``{"error": {...}}``; or ``{"status": "missing" | "not_callable"}``.
@@ -286,11 +289,12 @@ def probe(spec: dict, inputs: dict, namespace: dict, obj=None, references: dict 
                 try:
                     if "torch_seed" in case:
                         torch.manual_seed(case["torch_seed"])
-                    value = obj(*arguments(spec["args"], case))
+                    args, leaves = _track(spec, arguments(spec["args"], case))
+                    value = obj(*args)
                     if spec.get("returns") == "model":
                         cases.append({"value": describe_model(value, case)})
                     else:
-                        cases.append({"value": encode(value)})
+                        cases.append({"value": encode(value)} | _gradients(value, leaves))
                 except Exception as error:  # the student's code: any failure is a finding
                     cases.append({"error": error_info(error)})
         finally:
@@ -302,6 +306,47 @@ def probe(spec: dict, inputs: dict, namespace: dict, obj=None, references: dict 
         return {"status": "ok", "cases": cases}
     except Exception as error:
         return {"status": "probe_error", "error": error_info(error)}
+
+
+def _track(spec: dict, args: tuple) -> tuple[tuple, dict]:
+    """The arguments, those named in ``spec["grads"]`` now copies of leaves that require
+    gradients (copies, so that an in-place operation on an argument stays legal), and the
+    leaves by key."""
+    keys = [key for _, key in spec["args"]]
+    args, leaves = list(args), {}
+    for key in spec.get("grads") or []:
+        i = keys.index(key) if key in keys else None
+        if i is not None and isinstance(args[i], torch.Tensor) and args[i].is_floating_point():
+            leaves[key] = args[i].detach().requires_grad_(True)
+            args[i] = leaves[key].clone()
+    return tuple(args), leaves
+
+
+def _gradients(value, leaves: dict) -> dict:
+    """``{"grads": {key: d(sum of every floating tensor returned) / d(argument key)}}``, or
+    ``{"grads_error": {...}}`` when they cannot be computed (a detached result, a failing
+    backward pass); empty when no gradient is asked for."""
+    if not leaves:
+        return {}
+
+    def total(v):
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.sum()
+        parts = [total(x) for x in v] if isinstance(v, list | tuple) else []
+        parts = [p for p in parts if p is not None]
+        return sum(parts[1:], parts[0]) if parts else None
+
+    try:
+        summed = total(value)
+        if summed is None or not summed.requires_grad:
+            raise ValueError(
+                "the result does not depend on the arguments through autograd (was it computed "
+                "with .detach(), .item(), numpy or under torch.no_grad()?)"
+            )
+        grads = torch.autograd.grad(summed, list(leaves.values()), allow_unused=True)
+    except Exception as error:  # the student's code: a finding, not a crash
+        return {"grads_error": error_info(error)}
+    return {"grads": {key: encode(g) for key, g in zip(leaves, grads, strict=True)}}
 
 
 def kernel_probe(spec_json: str, inputs_json: str, references_source: str, namespace: dict):
