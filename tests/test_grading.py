@@ -15,6 +15,7 @@ import copy
 import csv
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -728,7 +729,9 @@ def write_batch(folder: Path, size: int = 24) -> None:
     for path in sorted(hostile.glob("*.ipynb")):
         if path.name not in ("junk.ipynb", "huge.ipynb"):
             pool.append((f"hostile-{path.stem}", nbformat.read(path, as_version=4)))
-    order = [pool[(7 * i) % len(pool)] for i in range(size)]
+    # A fixed shuffle: a stride through the pool repeats early when it shares a factor with it.
+    shuffled = random.Random(0).sample(pool, len(pool))
+    order = [shuffled[i % len(shuffled)] for i in range(size)]
     folder.mkdir(parents=True, exist_ok=True)
     for i, (name, nb) in enumerate(order):
         nbformat.write(copy.deepcopy(nb), folder / f"student{i:02d}_{name}.ipynb")
