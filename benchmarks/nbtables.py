@@ -129,7 +129,7 @@ TABLES = {
         "Notebook 10's flow matching on the 17-level 8x8 digits (test nats per image under "
         "notebook 05's bound with one noise draw inside the log, its standard error over "
         "images, bits per dimension), its lead over notebook 05's RealNVP (nats per image; "
-        "`lead_se` combines both standard errors, RealNVP's taken equal to flow matching's), "
+        "`lead_se` combines both standard errors, RealNVP's recorded by notebook 05), "
         "and the CPU seconds of training and of scoring the test images, over seeds: each "
         "seed runs a copy of the notebook with `flowcourse.setup(seed=k)`.",
     ),
