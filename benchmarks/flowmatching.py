@@ -3,8 +3,8 @@
 Same for both datasets: 10k training points (``TRAIN_SEED``), 2k test points (``TEST_SEED``) in
 raw coordinates, the exact log-density of the test points from ``flowcourse.data``; the field
 of notebook 09 (``VelocityField(2, hidden=128, depth=3)``, SiLU, a time embedding), trained by
-``flowcourse.continuous.flow_matching_loss`` with ``flowcourse.train.fit`` (Adam, lr 2e-3,
-cosine, batch 256, 17,000 steps); the likelihood from the data back to the base with the
+``flowcourse.continuous.flow_matching_loss`` with ``flowcourse.train.fit`` (Adam, lr 1e-2,
+cosine, batch 256, 7,500 steps); the likelihood from the data back to the base with the
 exact divergence, RK4 with 32 steps. The seed sets the initial weights, the minibatch order
 and the draws of the flow-matching loss; the data stay the same.
 
@@ -42,7 +42,7 @@ KEY = ["dataset", "seed", "steps"]
 DATASETS = ["moons", "8gaussians"]
 N_TRAIN, N_TEST = 10_000, 2_000
 TRAIN_SEED, TEST_SEED = 1, 2
-STEPS, BATCH, LR = 17_000, 256, 2e-3
+STEPS, BATCH, LR = 7_500, 256, 1e-2
 HIDDEN, DEPTH = 128, 3
 EVAL_STEPS = 32
 GRID_SPACING = 0.05
