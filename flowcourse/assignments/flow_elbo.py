@@ -157,7 +157,9 @@ def _judge_flow_elbo(case, value):
 
 
 # Pass mark, from the reference solution's spread over 200 grader seeds (make bench, part
-# `grading`): the flow's gap must be at most this share of the best diagonal Gaussian's.
+# `grading`): the flow's gap must be at most this share of the best diagonal Gaussian's. The
+# reference (16 layers, 500 steps, gradient norm clipped to 5) left 0.085-0.316 of it (median
+# 0.174); without the clipping, 2 seeds in 200 blew up and left 1.6 and 2.5 times it.
 GAP_RATIO = 0.8
 
 
