@@ -76,10 +76,25 @@ def run(
 
 
 def execute(path: str | Path, *, timeout: int = 600, write: bool = True) -> Timing:
-    """Run a notebook top to bottom from a fresh kernel (:func:`run`); store outputs in place."""
+    """Run a notebook top to bottom from a fresh kernel (:func:`run`); store outputs in place.
+
+    With ``write=False`` (a timing run) nothing beside the notebook changes either: the
+    numbers it records in ``results/`` (:mod:`flowcourse.results`) are put back as they were,
+    since a timing run's CPU seconds are not the stored outputs' own.
+    """
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    timing = run(nb, path.parent, timeout=timeout)
+    results = path.parent / "results"
+    before = {p: p.read_bytes() for p in results.glob("*.json")}
+    try:
+        timing = run(nb, path.parent, timeout=timeout)
+    finally:
+        if not write:
+            for p in results.glob("*.json"):
+                if p not in before:
+                    p.unlink()
+            for p, data in before.items():
+                p.write_bytes(data)
     if write:
         # Progress bars replace their widget by text when they close (train.progress_bar), so
         # the widgets' state would only add size to the file.
