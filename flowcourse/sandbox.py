@@ -108,8 +108,8 @@ def _python_roots() -> list[Path]:
 
 
 def _root_view() -> list[str]:
-    """bwrap arguments for a minimal read-only system: /usr, /etc, Python; nothing of /home,
-    /root, /work, /srv, /mnt or /tmp except what is bound later."""
+    """bwrap arguments for a minimal read-only system: /usr, /etc, Python, a private /tmp;
+    nothing of /home, /root, /work, /srv, /mnt or the real /tmp except what is bound later."""
     args: list[str] = []
     for top in ("/bin", "/lib", "/lib32", "/lib64", "/sbin"):
         path = Path(top)
@@ -118,6 +118,9 @@ def _root_view() -> list[str]:
         elif path.exists():
             args += ["--ro-bind", top, top]
     args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
+    # The private /tmp comes before Python's folders: mounted after them, it would hide a
+    # virtual environment that lives under /tmp (a clone in a temporary folder).
+    args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     roots = [r for r in _python_roots() if not str(r).startswith(("/usr/", "/etc/"))]
     # Keep only outermost folders; create their parents world-readable (bwrap makes 0700).
     outer = [r for r in roots if not any(o != r and o in r.parents for o in roots)]
@@ -255,7 +258,6 @@ def kernel_command(
         return python, {**os.environ, **env, "PYTHONPATH": str(view.parent), "HOME": str(home)}
     package = Path(__file__).resolve().parent
     args = ["bwrap", *_namespaces(), *_root_view()]
-    args += ["--perms", "1777", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp"]
     args += _parents([package, sockets, home])
     args += ["--ro-bind", str(view), str(package)]
     args += ["--perms", "0777", "--size", str(TMPFS_BYTES), "--tmpfs", str(home)]

@@ -151,3 +151,22 @@ def test_the_probe_returns_gradients_of_the_summed_result_when_asked():
     detached = run(lambda x, c: x.detach() * c)
     assert "autograd" in detached["grads_error"]["message"]
     assert kernel.probe({**spec, "grads": []}, inputs, {}, obj=good)["cases"][0].keys() == {"value"}
+
+
+def test_a_python_under_tmp_stays_visible_under_the_private_tmp(tmp_path, monkeypatch):
+    # A clone in a temporary folder has its venv under /tmp: the sandbox's private /tmp must be
+    # mounted before Python's folders are bound into it, or the kernel finds no interpreter.
+    venv = Path("/tmp/clone/.venv")
+    monkeypatch.setattr(sandbox, "_python_roots", lambda: [Path("/usr/lib/python3"), venv])
+    args, _ = sandbox.kernel_command(
+        ["-m", "ipykernel_launcher"],
+        home=tmp_path / "home",
+        sockets=tmp_path / "sockets",
+        view=tmp_path / "view" / "flowcourse",
+        sandbox=True,
+        env={},
+    )
+    pairs = list(zip(args, args[1:], strict=False))
+    private_tmp = pairs.index(("--tmpfs", "/tmp"))
+    bound = pairs.index(("--ro-bind", str(venv)))
+    assert private_tmp < bound, "the private /tmp is mounted over the venv"
