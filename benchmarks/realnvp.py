@@ -247,6 +247,28 @@ def train_steps(
     return losses, skipped
 
 
+def timed_training(
+    model: nn.Module, train: torch.Tensor, test: torch.Tensor, steps: int, seed: int, **options
+) -> tuple[list[float], dict[str, float], torch.Tensor]:
+    """:func:`train_steps` timed, then the test points' log-densities in float64.
+
+    Returns (losses, ``{"cpu_ms_per_step", "wall_ms_per_step", "skipped_steps"}``,
+    ``log_q: (n_test,)``); ``options`` go to :func:`train_steps`.
+    """
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    losses, skipped = train_steps(model, train, steps, seed, **options)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    timing = {
+        "cpu_ms_per_step": 1000 * cpu / steps,
+        "wall_ms_per_step": 1000 * wall / steps,
+        "skipped_steps": skipped,
+    }
+    model.eval()
+    with torch.no_grad():
+        log_q = torch.cat([model.log_prob(chunk) for chunk in test.split(4096)]).double()
+    return losses, timing, log_q
+
+
 def train_and_test(
     name: str,
     seed: int,
@@ -259,17 +281,8 @@ def train_and_test(
     model = MODELS[name][0]()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     row: dict[str, object] = {"model": name, "seed": seed, "steps": steps, "params": params}
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    losses, skipped = train_steps(model, train, steps, seed)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    row |= {
-        "cpu_ms_per_step": 1000 * cpu / steps,
-        "wall_ms_per_step": 1000 * wall / steps,
-        "skipped_steps": skipped,
-    }
-    model.eval()
-    with torch.no_grad():
-        log_q = torch.cat([model.log_prob(chunk) for chunk in test.split(4096)]).double()
+    losses, timing, log_q = timed_training(model, train, test, steps, seed)
+    row |= timing
     tail = losses[-max(1, steps // 20) :]
     row["final_train_loss"] = sum(tail) / len(tail) if tail else math.nan
     if not bool(torch.isfinite(log_q).all()):

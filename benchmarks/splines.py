@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import ResultFile, log, markdown_table, mean_sd, number, spread
-from benchmarks.realnvp import train_steps
+from benchmarks.realnvp import timed_training
 
 PART = "splines"
 COLUMNS = [
@@ -142,17 +141,8 @@ def train_and_test(
         "lr": lr,
         "params": params,
     }
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    _, skipped = train_steps(model, train, steps, seed, lr=lr, cosine=True)
-    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    row |= {
-        "cpu_ms_per_step": 1000 * cpu / steps,
-        "wall_ms_per_step": 1000 * wall / steps,
-        "skipped_steps": skipped,
-    }
-    model.eval()
-    with torch.no_grad():
-        log_q = torch.cat([model.log_prob(chunk) for chunk in test.split(4096)]).double()
+    _, timing, log_q = timed_training(model, train, test, steps, seed, lr=lr, cosine=True)
+    row |= timing
     if not bool(torch.isfinite(log_q).all()):
         bad = int((~torch.isfinite(log_q)).sum())
         return row | {"status": f"diverged: {bad} test points without a finite density"}, None
